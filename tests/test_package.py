@@ -1,0 +1,24 @@
+"""The pack's entry point imports without ComfyUI, and razor_core never imports ComfyUI."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pack_imports_without_comfyui():
+    spec = importlib.util.spec_from_file_location("comfyui_razor", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
+
+
+def test_razor_core_never_imports_comfy():
+    code = ("import sys, pkgutil, importlib, razor_core\n"
+            "for m in pkgutil.walk_packages(razor_core.__path__, 'razor_core.'):\n"
+            "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+            "bad = [n for n in sys.modules if n == 'comfy' or n.startswith(('comfy.', 'comfy_'))]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
