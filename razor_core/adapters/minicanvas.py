@@ -1,0 +1,82 @@
+"""Adapter for the MiniCanvas models (plain torch): the diffusion pipeline and the CLIP model.
+
+Parameter names are those of a container with `text_encoder` and `denoiser` children (diffusion) or of
+`transformers.CLIPModel` (CLIP), so an edit's keys say which tower they belong to.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..minicanvas.pipeline import TIMESTEP_MULTIPLIER, MiniCanvasPipeline
+from ..minicanvas import text
+from ..objective import Params
+from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit, attention_units, linear_units
+
+GRANULARITIES = ("heads", "layers")
+DIFFUSION_BLOCKS = ("denoiser", "text_encoder", "all")
+CLIP_BLOCKS = ("vision", "text", "all")
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+
+
+def _mlp_names(module: nn.Module, leaf_names: tuple[str, ...]) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(leaf_names)]
+
+
+def _overrides(params: Params, prefix: str) -> Params:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+class MiniCanvasDiffusion(nn.Module):
+    """The pipeline's trainable parts under one root, so parameter names carry their tower."""
+
+    def __init__(self, pipeline: MiniCanvasPipeline, granularity: str = "heads", blocks: str = "all"):
+        super().__init__()
+        _check_choice(granularity, GRANULARITIES, "granularity")
+        _check_choice(blocks, DIFFUSION_BLOCKS, "blocks")
+        self.pipeline = pipeline
+        self.text_encoder = pipeline.text_encoder
+        self.denoiser = pipeline.denoiser
+        self.granularity = granularity
+        self.blocks = blocks
+        self.requires_grad_(False)
+
+    def units(self) -> list[EditUnit]:
+        heads = self.granularity == "heads"
+        units: list[EditUnit] = []
+        if self.blocks in ("denoiser", "all"):
+            units += attention_units(self.denoiser, COMFY_STYLE, "denoiser.", heads=heads)
+            units += linear_units(self.denoiser, _mlp_names(self.denoiser, ("ff.0", "ff.2")), "denoiser.")
+        if self.blocks in ("text_encoder", "all"):
+            units += attention_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads=heads)
+            units += linear_units(self.text_encoder, _mlp_names(self.text_encoder, ("fc1", "fc2")), "text_encoder.")
+        return units
+
+    def base_params(self, units: list[EditUnit]) -> Params:
+        named = dict(self.named_parameters())
+        return {p: named[p].detach() for u in units for p in u.params}
+
+    def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
+        ids = text.tokenize(self.pipeline.tokenizer, prompts)
+        out = functional_call(self.text_encoder, _overrides(params, "text_encoder."), (), {"input_ids": ids})
+        return out.last_hidden_state
+
+    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.denoiser, _overrides(params, "denoiser."), (x, t * TIMESTEP_MULTIPLIER, context))
+
+    @staticmethod
+    def noisy(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t[:, None, None, None]
+        return (1 - t) * x0 + t * noise
+
+    @staticmethod
+    def denoise_target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return self.pipeline.sample(prompts, seeds)

@@ -1,0 +1,169 @@
+"""RazorEdit: the result of an unlearning run, its file format, and applying it to a model.
+
+File format (safetensors): one `<param stem>.diff` tensor per touched weight (`.diff_b` for a bias), where the stem
+is the parameter name without `.weight`/`.bias`, mapped through an adapter's key map. Those are the keys ComfyUI's
+stock LoRA loaders read as full-weight differences, so the file reproduces the edit there too. Metadata (strings)
+holds the units with their exact slices, scores, rounds, concept, settings and a fingerprint of the base weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .units import EditUnit, Slice
+
+FORMAT_VERSION = "1"
+_META_KEYS = ("razor.format", "razor.units", "razor.concept", "razor.settings", "razor.fingerprint")
+
+
+class EditFileError(ValueError):
+    """An edit file that cannot be used: corrupt, incomplete, or made for another model."""
+
+
+def fingerprint(params: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes and exact bytes of the given base parameters."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        t = params[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _stem(param: str) -> tuple[str, str]:
+    for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
+        if param.endswith(suffix):
+            return param[: -len(suffix)], kind
+    return param, "diff"
+
+
+@dataclass
+class RazorEdit:
+    deltas: dict[str, torch.Tensor]        # full-shape Δ per touched parameter, zero outside the units' slices
+    units: list[EditUnit]
+    concept: str
+    settings: dict[str, Any]
+    base_fingerprint: str
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def slice_deltas(self) -> dict[Slice, torch.Tensor]:
+        """Δ restricted to each unit slice (how head edits are kept: only their own rows/columns)."""
+        return {s: s.of(self.deltas[s.param]) for u in self.units for s in u.slices}
+
+    # ---------------------------------------------------------------------------------------------- files
+    def to_bytes(self, key_map: Callable[[str], str] = lambda k: k) -> bytes:
+        tensors = {}
+        for param, delta in self.deltas.items():
+            stem, kind = _stem(key_map(param))
+            tensors[f"{stem}.{kind}"] = delta.detach().contiguous().cpu()
+        meta = {
+            "razor.format": FORMAT_VERSION,
+            "razor.units": json.dumps([{"name": u.name, "kind": u.kind, "slices": [asdict(s) for s in u.slices]}
+                                       for u in self.units]),
+            "razor.concept": self.concept,
+            "razor.settings": json.dumps(self.settings, sort_keys=True),
+            "razor.fingerprint": self.base_fingerprint,
+            "razor.scores": json.dumps(self.scores),
+            "razor.rounds": json.dumps(self.rounds),
+            "razor.key_map": json.dumps({p: key_map(p) for p in self.deltas}),
+        }
+        return save(tensors, metadata=meta)
+
+    def save(self, path: str | Path, key_map: Callable[[str], str] = lambda k: k, overwrite: bool = False) -> Path:
+        """Write atomically (temporary file + rename); refuses to replace an existing file unless asked."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; choose another name (edits are never overwritten)")
+        payload = self.to_bytes(key_map)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if the name appeared meanwhile, never clobbers
+                os.unlink(tmp)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RazorEdit":
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                raw = {k: fh.get_tensor(k) for k in fh.keys()}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
+            raise EditFileError(f"{path} is not a readable safetensors edit file ({exc}); re-save the edit") from exc
+        missing = [k for k in _META_KEYS if k not in meta]
+        if missing:
+            raise EditFileError(f"{path} lacks RAZOR metadata {missing}: it was not written by this pack")
+        if meta["razor.format"] != FORMAT_VERSION:
+            raise EditFileError(f"{path} has edit format {meta['razor.format']}, this pack reads {FORMAT_VERSION}")
+        try:
+            key_map = json.loads(meta.get("razor.key_map", "{}"))
+            units = [EditUnit(u["name"], u["kind"], tuple(Slice(**s) for s in u["slices"]))
+                     for u in json.loads(meta["razor.units"])]
+            deltas = {}
+            for param, mapped in key_map.items():
+                stem, kind = _stem(mapped)
+                deltas[param] = raw[f"{stem}.{kind}"]
+            edit = cls(deltas, units, meta["razor.concept"], json.loads(meta["razor.settings"]),
+                       meta["razor.fingerprint"], json.loads(meta.get("razor.scores", "[]")),
+                       json.loads(meta.get("razor.rounds", "[]")))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise EditFileError(f"{path} has inconsistent RAZOR metadata ({exc}); re-save the edit") from exc
+        for unit in edit.units:
+            for s in unit.slices:
+                if s.param not in edit.deltas:
+                    raise EditFileError(f"{path}: unit {unit.name} names {s.param}, which has no delta tensor")
+        return edit
+
+    # ---------------------------------------------------------------------------------------------- apply
+    def check_base(self, params: dict[str, torch.Tensor]) -> None:
+        """Raise unless `params` (the touched parameters of a model) are the weights this edit was made for."""
+        missing = sorted(set(self.deltas) - set(params))
+        if missing:
+            raise EditFileError(f"the model has no parameter(s) {missing[:3]}: this edit is for another model family")
+        for name, delta in self.deltas.items():
+            if params[name].shape != delta.shape:
+                raise EditFileError(f"shape mismatch for {name}: model {tuple(params[name].shape)} vs edit "
+                                    f"{tuple(delta.shape)}; this edit is for another model")
+        if fingerprint({k: params[k] for k in self.deltas}) != self.base_fingerprint:
+            raise EditFileError("this edit was made for different base weights (fingerprint mismatch); apply it to "
+                                "the model it was computed on, or recompute it for this one")
+
+    @torch.no_grad()
+    def apply_to(self, module: torch.nn.Module, strength: float = 1.0) -> dict[str, torch.Tensor]:
+        """Add strength·Δ to a plain torch module's parameters; returns the originals for `revert`."""
+        params = dict(module.named_parameters())
+        self.check_base(params)
+        backup = {}
+        for name, delta in self.deltas.items():
+            backup[name] = params[name].detach().clone()
+            params[name].add_(strength * delta.to(params[name].dtype))
+        return backup
+
+    @staticmethod
+    @torch.no_grad()
+    def revert(module: torch.nn.Module, backup: dict[str, torch.Tensor]) -> None:
+        """Restore the exact original values saved by `apply_to`."""
+        params = dict(module.named_parameters())
+        for name, original in backup.items():
+            params[name].copy_(original)

@@ -1,0 +1,135 @@
+"""The RAZOR loop: score once at θ⁰, edit a small set with one regularised step, grow the set until forgotten.
+
+    round 0: gradients at θ⁰ → scores φ → initial set K = units with φ ≥ τ·max φ (at most `max_initial_units`)
+    each round: direction at the current weights → step size by search → Δ += step
+    if forget progress < target and rounds remain: re-score on the edited model, add the best unedited unit
+
+SLUG is the special case `method="slug"`: one whole layer from the Pareto front of (importance, |cos|), a
+forget-only step (λ_r = λ_m = 0), no growth.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .gradients import compute_gradients
+from .objective import Objective, Params, Validation
+from .scoring import UnitScore, pareto_front, score_units
+from .update import StepWeights, add, directions, search_step, step_delta
+from .units import EditUnit
+
+
+@dataclass(frozen=True)
+class RazorConfig:
+    method: str = "razor"             # "razor" or "slug"
+    alpha: float = 1.0                # exponent of the alignment term in φ
+    threshold: float = 0.5            # τ, relative to the best score, for the initial set
+    max_initial_units: int = 3
+    max_rounds: int = 6
+    forget_target: float = 0.9        # forget progress (validation) that ends the growth
+    drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
+    weights: StepWeights = field(default_factory=StepWeights)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("razor", "slug"):
+            raise ValueError(f"method must be 'razor' or 'slug', got {self.method!r}")
+        if self.max_rounds < 1 or self.max_initial_units < 1:
+            raise ValueError("max_rounds and max_initial_units must be at least 1 (they are budgets)")
+        if not 0.0 < self.forget_target <= 1.0:
+            raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
+        if self.drift_tolerance <= 0:
+            raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    units: list[str]
+    added: str | None
+    scale: float
+    etas: dict[str, float]
+    forget_progress: float
+    retain_drift: float
+    probes: int
+    seconds: float
+
+
+@dataclass
+class GrowthResult:
+    delta: Params                     # total change of every touched parameter (full shape)
+    units: list[EditUnit]             # the edit set, in the order units were added
+    scores: list[UnitScore]           # round-0 scores of every candidate
+    rounds: list[RoundRecord]
+    backward_passes: int
+    config: RazorConfig
+    before: Validation
+
+    def summary(self) -> dict:
+        return {"units": [u.name for u in self.units], "rounds": [asdict(r) for r in self.rounds],
+                "backward_passes": self.backward_passes}
+
+
+def _initial_set(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[EditUnit]:
+    by_name = {u.name: u for u in units}
+    if config.method == "slug":
+        layers = [s for s in scores if by_name[s.unit].kind != "head"]
+        front = pareto_front(layers or scores)
+        return [by_name[max(front, key=lambda s: s.importance).unit]]
+    ranked = sorted(scores, key=lambda s: s.score, reverse=True)
+    best = ranked[0].score
+    chosen = [s for s in ranked if s.score >= config.threshold * best][:config.max_initial_units]
+    return [by_name[s.unit] for s in chosen]
+
+
+def run(objective: Objective, config: RazorConfig = RazorConfig(),
+        progress: Callable[[int, int, str], None] | None = None) -> GrowthResult:
+    """Unlearn: returns the accumulated Δ and everything needed to explain it."""
+    units = objective.units()
+    if not units:
+        raise ValueError("no candidate units: the chosen blocks/granularity select nothing in this model")
+    theta0 = objective.base_params()
+    weights = config.weights if config.method == "razor" else StepWeights(config.weights.lambda_forget,
+                                                                          config.weights.rho, 0.0, 0.0)
+    rounds_budget = config.max_rounds if config.method == "razor" else 1
+    report = progress or (lambda *_: None)
+
+    with torch.no_grad():
+        before = objective.validate(theta0)
+    grads = compute_gradients(objective, theta0, with_mismatch=False)
+    backward = grads.backward_passes
+    scores = score_units(units, theta0, grads.forget, grads.retain, config.alpha)
+    edit_set = _initial_set(units, scores, config)
+    delta: Params = {}
+    records: list[RoundRecord] = []
+    added: str | None = None
+    for r in range(rounds_budget):
+        start = time.time()
+        report(r, rounds_budget, f"round {r + 1}: stepping {len(edit_set)} unit(s)")
+        current = add(theta0, delta)
+        dirs = directions(edit_set, grads, weights)
+        found = search_step(objective, current, edit_set, dirs, config.drift_tolerance)
+        step = step_delta(edit_set, dirs, current, found.etas)
+        for name, t in step.items():
+            delta[name] = delta[name] + t if name in delta else t
+        records.append(RoundRecord(r, [u.name for u in edit_set], added, found.scale, found.etas,
+                                   found.validation.forget_progress, found.validation.retain_drift,
+                                   found.probes, time.time() - start))
+        if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
+            break
+        # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
+        # these same gradients.
+        grads = compute_gradients(objective, add(theta0, delta))
+        backward += grads.backward_passes
+        rescored = score_units(units, add(theta0, delta), grads.forget, grads.retain, config.alpha)
+        in_set = {u.name for u in edit_set}
+        candidates = [s for s in rescored if s.unit not in in_set]
+        if not candidates:
+            break
+        best = max(candidates, key=lambda s: s.score)
+        edit_set = edit_set + [next(u for u in units if u.name == best.unit)]
+        added = best.unit
+    report(rounds_budget, rounds_budget, "done")
+    return GrowthResult(delta, edit_set, scores, records, backward, config, before)

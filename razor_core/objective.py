@@ -1,0 +1,63 @@
+"""The interface between the RAZOR algorithm and a model family's losses.
+
+An objective owns the model, the forget/retain data and the losses; the algorithm only sees parameter dicts. Every
+loss is evaluated at `params`, a dict {name: tensor} of the *candidate* parameters' current values (θ⁰ + Δ); all
+other parameters stay at θ⁰ and never get gradients.
+
+Sign convention (SPEC §3): `forget_loss` is the quantity the edit *increases*; `retain_loss` and `mismatch_loss` are
+decreased. A test proves on MiniCanvas that one step in the computed direction raises the forget loss.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from .units import EditUnit
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Classifier-free progress measured on the validation split.
+
+    forget_progress: 0 at the original weights, 1 when the concept's behaviour has fully moved to its target.
+    retain_drift: how far the retain behaviour moved, relative to the size of the forget change (0 = untouched).
+    """
+    forget_progress: float
+    retain_drift: float
+
+
+class Objective(ABC):
+    """A model family's unlearning problem: candidate units, θ⁰, micro-batched losses and a validation probe."""
+
+    @abstractmethod
+    def units(self) -> list[EditUnit]:
+        """Candidate edit units (already restricted to the requested granularity and blocks)."""
+
+    @abstractmethod
+    def base_params(self) -> Params:
+        """θ⁰ of every parameter any candidate unit touches (detached, never modified)."""
+
+    @abstractmethod
+    def batches(self, split: str) -> Iterable[Any]:
+        """Micro-batches of 'forget' or 'retain' data; gradients are averaged over them."""
+
+    @abstractmethod
+    def forget_loss(self, params: Params, batch: Any) -> torch.Tensor:
+        """Increased by unlearning."""
+
+    @abstractmethod
+    def retain_loss(self, params: Params, batch: Any) -> torch.Tensor:
+        """Decreased: the task loss on retain data."""
+
+    @abstractmethod
+    def mismatch_loss(self, params: Params, batch: Any) -> torch.Tensor:
+        """Decreased: drift from the frozen model's outputs on retain data (zero at θ⁰)."""
+
+    @abstractmethod
+    def validate(self, params: Params) -> Validation:
+        """Progress and drift on the validation split (no gradients)."""

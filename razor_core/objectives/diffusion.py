@@ -1,0 +1,166 @@
+"""Text-to-image diffusion objective (SPEC §3, decided where the paper is silent).
+
+Forget: map the concept's conditioning onto an anchor's, measured on the denoiser's prediction (ESD / Concept
+Ablation in one step). With p_θ the model's prediction and p⁰ the frozen model's, the target for a noisy concept
+sample is  p* = p⁰(anchor) − γ·(p⁰(concept) − p⁰(anchor))  (γ = negative guidance away from the concept), and
+
+    forget_loss(θ) = 1 − ‖p_θ(concept) − p*‖² / ‖p⁰(concept) − p*‖²
+
+is 0 at θ⁰ and 1 once the concept prompt predicts exactly p*: the step increases it.
+Retain: the denoising loss on retain prompts, with images the frozen model generated itself (users need not bring
+any). Mismatch: drift of the retain predictions from the frozen model's, relative to the forget gap.
+Validation uses other images, noise and timesteps than the gradients.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+
+from ..forget_set import ForgetSet
+from ..objective import Objective, Params, Validation
+from ..units import EditUnit
+
+
+class DiffusionModel(Protocol):
+    """What the objective needs from a model family's adapter."""
+
+    def units(self) -> list[EditUnit]: ...
+    def base_params(self, units: list[EditUnit]) -> Params: ...
+    def encode(self, params: Params, prompts: list[str]) -> torch.Tensor: ...
+    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor: ...
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    guidance: float = 1.0            # γ: how far past the anchor, away from the concept
+    timesteps_per_image: int = 4     # noisy samples per generated image (gradient split)
+    validation_images: int = 8       # forget images held out for validation
+    micro_batch: int = 64
+    seed: int = 0
+
+
+@dataclass
+class _Split:
+    x: torch.Tensor            # noisy inputs
+    t: torch.Tensor
+    prompt: torch.Tensor       # index into the prompt table
+    target: torch.Tensor       # forget: p*; retain: denoising target
+    frozen: torch.Tensor       # frozen model's prediction for the prompt (retain drift; forget: p⁰(concept))
+
+
+class DiffusionObjective(Objective):
+    def __init__(self, model: DiffusionModel, forget_set: ForgetSet, settings: DiffusionSettings = DiffusionSettings()):
+        self.model = model
+        self.settings = settings
+        self._units = model.units()
+        self._theta0 = model.base_params(self._units)
+        self._text_keys = any(k.startswith("text_encoder.") for k in self._theta0)
+        gen = torch.Generator().manual_seed(settings.seed)
+        n_f = len(forget_set.forget_prompts)
+        self.prompts = list(forget_set.forget_prompts) + list(forget_set.anchor_prompts) + list(
+            forget_set.retain_prompts)
+        with torch.no_grad():
+            self._context0 = model.encode(self._theta0, self.prompts)
+            # Self-generated data: each forget prompt drawn twice (gradient + validation), retain prompts once each.
+            f_idx = torch.arange(n_f).repeat(2)
+            if forget_set.images is not None:
+                x0_f = forget_set.images[torch.arange(len(f_idx)) % len(forget_set.images)]
+            else:
+                x0_f = model.sample([self.prompts[i] for i in f_idx], [settings.seed * 100003 + k
+                                                                       for k in range(len(f_idx))])
+            r_idx = torch.arange(len(forget_set.retain_prompts)) + 2 * n_f
+            x0_r = model.sample([self.prompts[i] for i in r_idx], [settings.seed * 100003 + 50000 + k
+                                                                   for k in range(len(r_idx))])
+            half = len(f_idx) // 2
+            self.forget = self._forget_split(x0_f[:half], f_idx[:half], n_f, gen, settings.timesteps_per_image)
+            self.forget_val = self._forget_split(x0_f[half:], f_idx[half:], n_f, gen, 2)
+            retain_all = self._retain_split(x0_r, r_idx, gen, 2)
+            n_r = len(retain_all.x)
+            perm = torch.randperm(n_r, generator=gen)
+            cut = max(1, n_r // 3)
+            self.retain_val = _take(retain_all, perm[:cut])
+            self.retain = _take(retain_all, perm[cut:]) if n_r > 1 else retain_all
+            self.gap = float((self.forget.frozen - self.forget.target).pow(2).mean())
+            self.gap_val = float((self.forget_val.frozen - self.forget_val.target).pow(2).mean())
+        if self.gap <= 0 or self.gap_val <= 0:
+            raise ValueError("the concept and its anchor produce identical predictions: the model does not "
+                             "distinguish them, so there is nothing to forget (check the concept and anchor)")
+
+    # ---------------------------------------------------------------------------------------------- data
+    def _noised(self, x0: torch.Tensor, prompt_idx: torch.Tensor, gen: torch.Generator, per_image: int):
+        x0 = x0.repeat_interleave(per_image, 0)
+        idx = prompt_idx.repeat_interleave(per_image, 0)
+        # Stratified timesteps over (0.02, 0.98): every image sees the whole noise range.
+        strata = torch.arange(per_image).repeat(len(prompt_idx)).float()
+        t = ((strata + torch.rand(len(x0), generator=gen)) / per_image).clamp(0.02, 0.98)
+        noise = torch.randn(x0.shape, generator=gen)
+        return self.model.noisy(x0, noise, t), t, idx, x0, noise
+
+    def _forget_split(self, x0, prompt_idx, n_f, gen, per_image) -> _Split:
+        x, t, idx, _, _ = self._noised(x0, prompt_idx, gen, per_image)
+        p_concept = self._predict(self._theta0, x, t, idx)
+        p_anchor = self._predict(self._theta0, x, t, idx + n_f)
+        target = p_anchor - self.settings.guidance * (p_concept - p_anchor)
+        return _Split(x, t, idx, target, p_concept)
+
+    def _retain_split(self, x0, prompt_idx, gen, per_image) -> _Split:
+        x, t, idx, x0_rep, noise = self._noised(x0, prompt_idx, gen, per_image)
+        frozen = self._predict(self._theta0, x, t, idx)
+        return _Split(x, t, idx, self.model.denoise_target(x0_rep, noise, t), frozen)
+
+    def _predict(self, params: Params, x, t, prompt_idx) -> torch.Tensor:
+        out = []
+        for s in range(0, len(x), self.settings.micro_batch):
+            sl = slice(s, s + self.settings.micro_batch)
+            out.append(self.model.predict(params, x[sl], t[sl], self._contexts(params, prompt_idx[sl])))
+        return torch.cat(out)
+
+    def _contexts(self, params: Params, prompt_idx: torch.Tensor) -> torch.Tensor:
+        if not self._text_keys:
+            return self._context0[prompt_idx]
+        unique, inverse = prompt_idx.unique(return_inverse=True)
+        return self.model.encode(params, [self.prompts[i] for i in unique.tolist()])[inverse]
+
+    # ---------------------------------------------------------------------------------------------- Objective
+    def units(self) -> list[EditUnit]:
+        return self._units
+
+    def base_params(self) -> Params:
+        return self._theta0
+
+    def batches(self, split: str) -> Iterator[tuple[_Split, slice]]:
+        data = self.forget if split == "forget" else self.retain
+        for s in range(0, len(data.x), self.settings.micro_batch):
+            yield data, slice(s, s + self.settings.micro_batch)
+
+    def _pred(self, params: Params, batch) -> tuple[torch.Tensor, _Split, slice]:
+        data, sl = batch
+        return self.model.predict(params, data.x[sl], data.t[sl], self._contexts(params, data.prompt[sl])), data, sl
+
+    def forget_loss(self, params: Params, batch) -> torch.Tensor:
+        pred, data, sl = self._pred(params, batch)
+        return 1.0 - (pred - data.target[sl]).pow(2).mean() / self.gap
+
+    def retain_loss(self, params: Params, batch) -> torch.Tensor:
+        pred, data, sl = self._pred(params, batch)
+        return (pred - data.target[sl]).pow(2).mean()
+
+    def mismatch_loss(self, params: Params, batch) -> torch.Tensor:
+        pred, data, sl = self._pred(params, batch)
+        return (pred - data.frozen[sl]).pow(2).mean() / self.gap
+
+    def validate(self, params: Params) -> Validation:
+        f = self._predict(params, self.forget_val.x, self.forget_val.t, self.forget_val.prompt)
+        r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt)
+        progress = 1.0 - float((f - self.forget_val.target).pow(2).mean()) / self.gap_val
+        drift = float((r - self.retain_val.frozen).pow(2).mean()) / self.gap_val
+        return Validation(progress, drift)
+
+
+def _take(split: _Split, idx: torch.Tensor) -> _Split:
+    return _Split(split.x[idx], split.t[idx], split.prompt[idx], split.target[idx], split.frozen[idx])

@@ -1,0 +1,133 @@
+"""Edit units: the pieces of a model that RAZOR scores and edits.
+
+A unit is a set of parameter slices that are scored and stepped together:
+- a *head* of an attention module: rows h*d_h:(h+1)*d_h of the q, k and v weights and biases, and the same columns
+  of the output projection (its bias is shared by all heads, so no head owns it); for a fused qkv weight, the
+  three row blocks;
+- a *layer*: one attention module's projections, or one MLP linear (weight and bias).
+Editing a head changes only its slices, so every other head stays bit-identical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Slice:
+    """`length` entries from `start` along `dim` of parameter `param`; dim=None means the whole tensor."""
+    param: str
+    dim: int | None = None
+    start: int = 0
+    length: int = 0
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.dim is None else tensor.narrow(self.dim, self.start, self.length)
+
+
+@dataclass(frozen=True)
+class EditUnit:
+    name: str                  # e.g. "denoiser.blocks.3.attn2.head1"
+    kind: str                  # "head", "attention" or "mlp"
+    slices: tuple[Slice, ...]
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.param for s in self.slices))
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Where an attention module keeps its projections (attribute names under the module)."""
+    q: str
+    k: str
+    v: str
+    out: str
+    heads_attr: str
+    fused_qkv: bool = False  # True: `q` names one (3d, d) weight holding Q, K and V row blocks
+
+
+COMFY_STYLE = AttentionSpec("to_q", "to_k", "to_v", "to_out", "heads")
+HF_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "num_heads")
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _linear_slices(module: nn.Module, prefix: str, dim: int, start: int, length: int,
+                   with_bias: bool) -> list[Slice]:
+    slices = [Slice(f"{prefix}.weight", dim, start, length)]
+    if with_bias and getattr(module, "bias", None) is not None:
+        slices.append(Slice(f"{prefix}.bias", 0, start, length))
+    return slices
+
+
+def _whole(module: nn.Module, prefix: str) -> list[Slice]:
+    return [Slice(f"{prefix}.{name}") for name, _ in module.named_parameters(recurse=False)]
+
+
+def _out_linear(attn: nn.Module, spec: AttentionSpec) -> tuple[nn.Module, str]:
+    out = getattr(attn, spec.out)
+    if isinstance(out, (nn.Sequential, nn.ModuleList)):  # diffusers/ComfyUI `to_out.0`
+        return out[0], f"{spec.out}.0"
+    return out, spec.out
+
+
+def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "",
+                    heads: bool = True) -> list[EditUnit]:
+    """One unit per head (heads=True) or per attention module (heads=False) for every module matching `spec`."""
+    units = []
+    for mod_name, attn in model.named_modules():
+        if not all(hasattr(attn, a) for a in (spec.q, spec.out, spec.heads_attr)):
+            continue
+        if not spec.fused_qkv and not all(hasattr(attn, a) for a in (spec.k, spec.v)):
+            continue
+        base = f"{prefix}{mod_name}".rstrip(".")
+        n_heads = int(getattr(attn, spec.heads_attr))
+        out_mod, out_name = _out_linear(attn, spec)
+        width = out_mod.weight.shape[1]
+        d_h = width // n_heads
+        if not heads:
+            slices = []
+            for name in ([spec.q] if spec.fused_qkv else [spec.q, spec.k, spec.v]) + [out_name]:
+                slices += _whole(attn.get_submodule(name), _join(base, name))
+            units.append(EditUnit(base, "attention", tuple(slices)))
+            continue
+        for h in range(n_heads):
+            slices: list[Slice] = []
+            if spec.fused_qkv:
+                q = getattr(attn, spec.q)
+                for offset in (0, width, 2 * width):
+                    slices += _linear_slices(q, _join(base, spec.q), 0, offset + h * d_h, d_h, True)
+            else:
+                for name in (spec.q, spec.k, spec.v):
+                    slices += _linear_slices(getattr(attn, name), _join(base, name), 0, h * d_h, d_h, True)
+            slices += _linear_slices(out_mod, _join(base, out_name), 1, h * d_h, d_h, False)
+            units.append(EditUnit(_join(base, f"head{h}"), "head", tuple(slices)))
+    return units
+
+
+def linear_units(model: nn.Module, names: Iterable[str], prefix: str = "", kind: str = "mlp") -> list[EditUnit]:
+    """One unit per named linear layer (weight and bias)."""
+    return [EditUnit(f"{prefix}{n}", kind, tuple(_whole(model.get_submodule(n), f"{prefix}{n}"))) for n in names]
+
+
+def unit_values(unit: EditUnit, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The unit's entries of `tensors` (parameters or gradients), flattened into one vector."""
+    return torch.cat([s.of(tensors[s.param]).reshape(-1) for s in unit.slices])
+
+
+def scatter_unit(unit: EditUnit, vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `unit_values`: a dict of full-shape tensors, zero outside the unit's slices."""
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for s in unit.slices:
+        full = out.setdefault(s.param, torch.zeros_like(like[s.param]))
+        view = s.of(full)
+        view.copy_(vector[offset:offset + view.numel()].view_as(view))
+        offset += view.numel()
+    return out

@@ -1,0 +1,117 @@
+"""The regularised one-step update and its step-size search.
+
+For the units of the edit set K (SPEC §3):
+
+    d_u  = λ_f ρ g_f,u − λ_r g_r,u − λ_m g_m,u       (ascent on forget, descent on retain and on drift)
+    Δθ_u = η_u d_u
+
+with raw gradients, so units whose forget gradient is larger (farther from their target) move more. Step sizes are
+found on the validation split in two short searches: first one η shared by K, expressed as a fraction s of the edit
+set's weight norm (η = s·‖θ_K‖/‖d_K‖: scale-free, so the same search works for any model), doubling while forget
+progress improves within the retain-drift tolerance and then bisecting; then each unit's own η_u = m_u·η by trying
+m_u ∈ {2, ½} and keeping what helps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .gradients import Gradients
+from .objective import Objective, Params, Validation
+from .units import EditUnit, scatter_unit, unit_values
+
+
+@dataclass(frozen=True)
+class StepWeights:
+    lambda_forget: float = 1.0
+    rho: float = 1.0          # the ratio that scales forget pressure
+    lambda_retain: float = 0.1
+    lambda_mismatch: float = 0.1
+
+
+def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights) -> dict[str, torch.Tensor]:
+    """Per-unit update direction (flattened over the unit's slices)."""
+    return {u.name: (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
+                     - weights.lambda_retain * unit_values(u, grads.retain)
+                     - weights.lambda_mismatch * unit_values(u, grads.mismatch)) for u in units}
+
+
+def step_delta(units: list[EditUnit], dirs: dict[str, torch.Tensor], params: Params,
+               etas: dict[str, float]) -> Params:
+    """Δ for every touched parameter: η_u · d_u scattered into full-shape tensors."""
+    delta: Params = {}
+    for unit in units:
+        for name, t in scatter_unit(unit, etas[unit.name] * dirs[unit.name], params).items():
+            delta[name] = delta[name] + t if name in delta else t
+    return delta
+
+
+def add(params: Params, delta: Params) -> Params:
+    return {k: v + delta[k] if k in delta else v for k, v in params.items()}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    etas: dict[str, float]
+    scale: float               # s: the shared step as a fraction of ‖θ_K‖
+    validation: Validation
+    probes: int
+
+
+class _Prober:
+    def __init__(self, objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
+                 drift_tolerance: float):
+        self.objective, self.params, self.units, self.dirs = objective, params, units, dirs
+        self.tolerance = drift_tolerance
+        self.count = 0
+
+    def __call__(self, etas: dict[str, float]) -> Validation:
+        self.count += 1
+        with torch.no_grad():
+            return self.objective.validate(add(self.params, step_delta(self.units, self.dirs, self.params, etas)))
+
+    def better(self, v: Validation, best: Validation | None) -> bool:
+        return v.retain_drift <= self.tolerance and (best is None or v.forget_progress > best.forget_progress)
+
+
+def search_step(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
+                drift_tolerance: float, start: float = 0.01, max_scale: float = 2.0, bisections: int = 4,
+                per_unit: bool = True) -> SearchResult:
+    probe = _Prober(objective, params, units, dirs, drift_tolerance)
+    d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
+    if d_norm == 0.0:
+        return SearchResult({u.name: 0.0 for u in units}, 0.0, objective.validate(params), 1)
+    theta_norm = float(torch.cat([unit_values(u, params) for u in units]).norm())
+
+    def etas_for(scale: float) -> dict[str, float]:
+        return {u.name: scale * theta_norm / d_norm for u in units}
+
+    best_scale, best = 0.0, None
+    lo, hi, scale = 0.0, max_scale, start
+    while scale <= max_scale:  # grow geometrically while each larger step is allowed and better
+        v = probe(etas_for(scale))
+        if not probe.better(v, best):
+            hi = scale
+            break
+        best_scale, best, lo = scale, v, scale
+        scale *= 2.0
+    for _ in range(bisections):  # then bisect between the best allowed step and the first one that was not
+        mid = 0.5 * (lo + hi)
+        v = probe(etas_for(mid))
+        if probe.better(v, best):
+            best_scale, best, lo = mid, v, mid
+        else:
+            hi = mid
+    etas = etas_for(best_scale)
+    if best is not None and per_unit and len(units) > 1:
+        for unit in units:  # each unit's own step: try twice and half as large
+            for factor in (2.0, 0.5):
+                trial = {**etas, unit.name: etas[unit.name] * factor}
+                v = probe(trial)
+                if probe.better(v, best):
+                    etas, best = trial, v
+                    break
+    if best is None:
+        best = probe({u.name: 0.0 for u in units})
+    return SearchResult(etas, best_scale, best, probe.count)

@@ -1,0 +1,95 @@
+"""Scores, step-size search and the growth loop on a toy objective whose optimum is known."""
+import pytest
+import torch
+
+from razor_core import growth
+from razor_core.objective import Objective, Validation
+from razor_core.scoring import UnitScore, pareto_front, score_units
+from razor_core.units import EditUnit, Slice
+
+
+class ToyObjective(Objective):
+    """Forgetting needs both `a` and `b` to reach their targets; `c` is irrelevant. Retain prefers small moves."""
+
+    def __init__(self):
+        self.theta0 = {"a": torch.ones(4), "b": torch.ones(4), "c": torch.ones(4)}
+        self.target = {"a": torch.tensor([3.2, 1, 1, 1]), "b": torch.tensor([1.0, 1, 1, -1])}
+        self.gap = sum(float((self.theta0[k] - self.target[k]).pow(2).sum()) for k in self.target)
+
+    def units(self):
+        return [EditUnit(k, "mlp", (Slice(k),)) for k in ("a", "b", "c")]
+
+    def base_params(self):
+        return self.theta0
+
+    def batches(self, split):
+        return [None]
+
+    def forget_loss(self, params, batch):
+        return 1 - sum((params[k] - self.target[k]).pow(2).sum() for k in self.target) / self.gap
+
+    def retain_loss(self, params, batch):
+        return sum((params[k] - self.theta0[k] - 0.01).pow(2).sum() for k in params)
+
+    def mismatch_loss(self, params, batch):
+        return sum((params[k] - self.theta0[k]).pow(2).sum() for k in params) / self.gap
+
+    def validate(self, params):
+        drift = sum(float((params[k] - self.theta0[k]).pow(2).sum()) for k in params) / self.gap
+        return Validation(float(self.forget_loss(params, None)), drift)
+
+
+def test_score_formula_and_signed_cosine():
+    params = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([3.0, 4.0])}
+    g_f = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([1.0, 0.0])}
+    g_r = {"a": torch.tensor([-1.0, 0.0]), "b": torch.tensor([1.0, 0.0])}
+    units = [EditUnit("a", "mlp", (Slice("a"),)), EditUnit("b", "mlp", (Slice("b"),))]
+    opposed, aligned = score_units(units, params, g_f, g_r, alpha=1.0)
+    assert opposed.importance == pytest.approx(0.2)
+    assert opposed.cosine == pytest.approx(-1.0) and opposed.score == pytest.approx(0.4)
+    assert aligned.cosine == pytest.approx(1.0) and aligned.score == pytest.approx(0.0)
+    plain = score_units(units, params, g_f, g_r, alpha=0.0)
+    assert plain[0].score == plain[1].score == pytest.approx(0.2)
+
+
+def test_pareto_front_keeps_undominated_units():
+    scores = [UnitScore("hi_imp", 2.0, 0.5, 0), UnitScore("lo_cos", 1.0, 0.1, 0), UnitScore("dominated", 0.5, 0.6, 0)]
+    assert {s.unit for s in pareto_front(scores)} == {"hi_imp", "lo_cos"}
+
+
+def test_growth_adds_units_until_the_target_is_reached_then_stops():
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
+                                weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+    result = growth.run(ToyObjective(), config)
+    assert [u.name for u in result.units] == ["a", "b"]       # a first (larger gradient), then grown by b
+    assert len(result.rounds) == 2                            # stopped at the target, not at the budget of 6
+    assert result.rounds[-1].forget_progress >= 0.9
+    assert "c" not in result.delta                            # units outside the edit set are untouched
+
+
+def test_growth_stops_after_one_round_when_the_first_step_suffices():
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.5, drift_tolerance=10.0)
+    result = growth.run(ToyObjective(), config)
+    assert len(result.rounds) == 1 and result.rounds[0].forget_progress >= 0.5
+
+
+def test_step_search_respects_the_drift_tolerance():
+    config = growth.RazorConfig(max_initial_units=2, threshold=0.0, forget_target=1.0, drift_tolerance=0.05,
+                                max_rounds=1)
+    result = growth.run(ToyObjective(), config)
+    assert result.rounds[0].retain_drift <= 0.05
+    assert result.rounds[0].forget_progress > 0
+
+
+def test_slug_mode_is_one_layer_one_round_forget_only():
+    result = growth.run(ToyObjective(), growth.RazorConfig(method="slug", drift_tolerance=10.0))
+    assert len(result.units) == 1 and len(result.rounds) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "esd"}, "method must be"), ({"max_rounds": 0}, "budgets"), ({"forget_target": 0.0}, "forget_target"),
+    ({"drift_tolerance": -1.0}, "drift_tolerance"),
+])
+def test_bad_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        growth.RazorConfig(**kwargs)

@@ -1,0 +1,149 @@
+"""Edit units, head slices and the RazorEdit file on small random models (no trained weights needed)."""
+import pytest
+import torch
+from torch import nn
+
+from razor_core.edit import EditFileError, RazorEdit, fingerprint
+from razor_core.minicanvas.denoiser import MiniDiT
+from razor_core.units import (COMFY_STYLE, AttentionSpec, EditUnit, attention_units, scatter_unit, unit_values)
+
+
+@pytest.fixture(scope="module")
+def dit():
+    torch.manual_seed(0)
+    model = MiniDiT(width=32, depth=2, heads=4, context_dim=16, refine_channels=8)
+    model.initialize_weights(torch.Generator().manual_seed(0))
+    for p in model.parameters():  # zero-initialised gates would hide edits; give every weight a value
+        p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    return model.requires_grad_(False)
+
+
+def test_every_attention_module_yields_one_unit_per_head(dit):
+    units = attention_units(dit, COMFY_STYLE, heads=True)
+    assert len(units) == 2 * 2 * 4  # depth x (attn1, attn2) x heads
+    layers = attention_units(dit, COMFY_STYLE, heads=False)
+    assert [u.name for u in layers] == ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
+
+
+def test_head_unit_slices_rows_of_qkv_and_columns_of_out(dit):
+    unit = next(u for u in attention_units(dit, COMFY_STYLE) if u.name == "blocks.1.attn2.head2")
+    by_param = {s.param: s for s in unit.slices}
+    assert by_param["blocks.1.attn2.to_k.weight"].dim == 0 and by_param["blocks.1.attn2.to_k.weight"].start == 16
+    assert by_param["blocks.1.attn2.to_out.weight"].dim == 1 and by_param["blocks.1.attn2.to_out.weight"].length == 8
+    assert "blocks.1.attn2.to_out.bias" not in by_param  # shared by all heads
+
+
+def test_a_head_edit_leaves_every_other_head_bit_identical(dit):
+    params = {k: v.clone() for k, v in dit.named_parameters()}
+    units = attention_units(dit, COMFY_STYLE)
+    target = next(u for u in units if u.name == "blocks.0.attn1.head1")
+    delta = scatter_unit(target, torch.randn(unit_values(target, params).numel()), params)
+    edited = {k: v + delta[k] if k in delta else v for k, v in params.items()}
+    for unit in units:
+        same = torch.equal(unit_values(unit, edited), unit_values(unit, params))
+        assert same != (unit.name == target.name), unit.name
+    changed = {k for k in params if not torch.equal(params[k], edited[k])}
+    assert changed == {f"blocks.0.attn1.{p}" for p in ("to_q.weight", "to_q.bias", "to_k.weight", "to_k.bias",
+                                                       "to_v.weight", "to_v.bias", "to_out.weight")}
+
+
+class FusedAttention(nn.Module):
+    def __init__(self, dim=12, heads=3):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+
+def test_fused_qkv_head_takes_the_three_row_blocks():
+    spec = AttentionSpec("qkv", "", "", "proj", "num_heads", fused_qkv=True)
+    units = attention_units(FusedAttention(), spec)
+    assert len(units) == 3
+    starts = sorted(s.start for s in units[1].slices if s.param == "qkv.weight")
+    assert starts == [4, 16, 28]  # head 1 of Q, K and V (d=12, d_h=4)
+
+
+def _tiny_edit(dit):
+    params = dict(dit.named_parameters())
+    unit = next(u for u in attention_units(dit, COMFY_STYLE) if u.name == "blocks.1.attn2.head0")
+    delta = scatter_unit(unit, torch.randn(unit_values(unit, params).numel(),
+                                           generator=torch.Generator().manual_seed(1)) * 0.05, params)
+    base = {k: params[k] for k in delta}
+    return RazorEdit(delta, [unit], "style:neon", {"method": "razor"}, fingerprint(base),
+                     scores=[{"unit": unit.name, "score": 1.0}], rounds=[{"round": 0}])
+
+
+def _forward(model):
+    g = torch.Generator().manual_seed(3)
+    return model(torch.randn(2, 3, 32, 32, generator=g), torch.tensor([100.0, 700.0]), torch.randn(2, 5, 16, generator=g))
+
+
+def test_save_load_apply_reproduces_outputs_exactly_and_revert_restores(dit, tmp_path):
+    edit = _tiny_edit(dit)
+    before = _forward(dit)
+    originals = {k: v.clone() for k, v in dit.state_dict().items()}
+    backup = edit.apply_to(dit)
+    direct = _forward(dit)
+    RazorEdit.revert(dit, backup)
+    path = edit.save(tmp_path / "neon.safetensors")
+    loaded = RazorEdit.load(path)
+    assert loaded.concept == "style:neon" and [u.name for u in loaded.units] == ["blocks.1.attn2.head0"]
+    assert loaded.units == edit.units
+    backup = loaded.apply_to(dit)
+    assert torch.equal(_forward(dit), direct)
+    assert not torch.equal(direct, before)
+    RazorEdit.revert(dit, backup)
+    for k, v in dit.state_dict().items():
+        assert torch.equal(v, originals[k]), k
+
+
+def test_edit_file_uses_lora_diff_keys(dit, tmp_path):
+    from safetensors import safe_open
+    path = _tiny_edit(dit).save(tmp_path / "e.safetensors", key_map=lambda k: "diffusion_model." + k)
+    with safe_open(str(path), "pt") as fh:
+        keys = set(fh.keys())
+    assert "diffusion_model.blocks.1.attn2.to_q.diff" in keys
+    assert "diffusion_model.blocks.1.attn2.to_q.diff_b" in keys
+    assert RazorEdit.load(path).deltas.keys() == _tiny_edit(dit).deltas.keys()
+
+
+def test_existing_file_is_never_overwritten(dit, tmp_path):
+    path = tmp_path / "e.safetensors"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="already exists"):
+        _tiny_edit(dit).save(path)
+    assert path.read_bytes() == b"keep me"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_edit_for_other_weights_is_refused(dit):
+    edit = _tiny_edit(dit)
+    other = MiniDiT(width=32, depth=2, heads=4, context_dim=16, refine_channels=8)
+    with pytest.raises(EditFileError, match="fingerprint mismatch"):
+        edit.apply_to(other)
+    smaller = MiniDiT(width=16, depth=2, heads=4, context_dim=16, refine_channels=8)
+    with pytest.raises(EditFileError, match="shape mismatch"):
+        edit.apply_to(smaller)
+
+
+def test_corrupt_and_foreign_files_are_refused(dit, tmp_path):
+    path = _tiny_edit(dit).save(tmp_path / "e.safetensors")
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(EditFileError, match="not a readable safetensors"):
+        RazorEdit.load(truncated)
+    from safetensors.torch import save_file
+    foreign = tmp_path / "lora.safetensors"
+    save_file({"x.diff": torch.zeros(2)}, str(foreign))
+    with pytest.raises(EditFileError, match="lacks RAZOR metadata"):
+        RazorEdit.load(foreign)
+
+
+def test_unit_values_roundtrip():
+    params = {"w": torch.arange(12.0).view(3, 4), "b": torch.arange(3.0)}
+    from razor_core.units import Slice
+    unit = EditUnit("u", "head", (Slice("w", 0, 1, 2), Slice("b", 0, 1, 2), Slice("w", 1, 0, 1)))
+    v = unit_values(unit, params)
+    assert v.tolist() == [4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 0, 4, 8]
+    back = scatter_unit(unit, torch.ones_like(v), params)
+    assert back["w"].tolist() == [[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
