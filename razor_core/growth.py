@@ -21,6 +21,8 @@ from .scoring import UnitScore, pareto_front, score_units
 from .update import StepWeights, add, directions, search_step, step_delta
 from .units import EditUnit
 
+STALL = 1e-3  # a round that improves forget progress by less than this ends the growth
+
 
 @dataclass(frozen=True)
 class RazorConfig:
@@ -119,6 +121,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
                                    found.probes, time.time() - start))
         if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
             break
+        if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
+            break  # the last unit added could not move forgetting any further within the retain tolerance
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
         # these same gradients.
         grads = compute_gradients(objective, add(theta0, delta))

@@ -7,8 +7,8 @@ For the units of the edit set K (SPEC §3):
 
 with raw gradients, so units whose forget gradient is larger (farther from their target) move more. Step sizes are
 found on the validation split in two short searches: first one η shared by K, expressed as a fraction s of the edit
-set's weight norm (η = s·‖θ_K‖/‖d_K‖: scale-free, so the same search works for any model), doubling while forget
-progress improves within the retain-drift tolerance and then bisecting; then each unit's own η_u = m_u·η by trying
+set's weight norm (η = s·‖θ_K‖/‖d_K‖: scale-free, so the same search works for any model), doubling from s = 0.002
+while the retain drift stays within tolerance, then bisecting next to the step with the best forget progress; then each unit's own η_u = m_u·η by trying
 m_u ∈ {2, ½} and keeping what helps.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ class _Prober:
 
 
 def search_step(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
-                drift_tolerance: float, start: float = 0.01, max_scale: float = 2.0, bisections: int = 4,
+                drift_tolerance: float, start: float = 0.002, max_scale: float = 1.0, bisections: int = 4,
                 per_unit: bool = True) -> SearchResult:
     probe = _Prober(objective, params, units, dirs, drift_tolerance)
     d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
@@ -89,14 +89,17 @@ def search_step(objective: Objective, params: Params, units: list[EditUnit], dir
 
     best_scale, best = 0.0, None
     lo, hi, scale = 0.0, max_scale, start
-    while scale <= max_scale:  # grow geometrically while each larger step is allowed and better
+    while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance
         v = probe(etas_for(scale))
-        if not probe.better(v, best):
+        if v.retain_drift > drift_tolerance:
             hi = scale
             break
-        best_scale, best, lo = scale, v, scale
+        if probe.better(v, best):
+            best_scale, best = scale, v
         scale *= 2.0
-    for _ in range(bisections):  # then bisect between the best allowed step and the first one that was not
+    if best is not None:  # bisect between the best allowed step and its larger neighbour
+        lo, hi = best_scale, min(hi, best_scale * 2.0)
+    for _ in range(bisections):
         mid = 0.5 * (lo + hi)
         v = probe(etas_for(mid))
         if probe.better(v, best):

@@ -35,6 +35,8 @@ def _overrides(params: Params, prefix: str) -> Params:
 class MiniCanvasDiffusion(nn.Module):
     """The pipeline's trainable parts under one root, so parameter names carry their tower."""
 
+    text_prefix = "text_encoder."
+
     def __init__(self, pipeline: MiniCanvasPipeline, granularity: str = "heads", blocks: str = "all"):
         super().__init__()
         _check_choice(granularity, GRANULARITIES, "granularity")
@@ -80,3 +82,47 @@ class MiniCanvasDiffusion(nn.Module):
 
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         return self.pipeline.sample(prompts, seeds)
+
+
+class MiniCanvasClip(nn.Module):
+    """A `transformers.CLIPModel` seen as edit units; the projections stay frozen (they are no tower's layers)."""
+
+    image_prefix = "vision_model."
+    text_prefix = "text_model."
+
+    def __init__(self, clip_model: nn.Module, tokenizer, granularity: str = "heads", blocks: str = "all"):
+        super().__init__()
+        _check_choice(granularity, GRANULARITIES, "granularity")
+        _check_choice(blocks, CLIP_BLOCKS, "blocks")
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.granularity = granularity
+        self.blocks = blocks
+        self.requires_grad_(False)
+
+    def units(self) -> list[EditUnit]:
+        heads = self.granularity == "heads"
+        units: list[EditUnit] = []
+        for tower, prefix in (("vision", "vision_model"), ("text", "text_model")):
+            if self.blocks in (tower, "all"):
+                module = self.clip.get_submodule(prefix)
+                units += attention_units(module, HF_CLIP_STYLE, f"{prefix}.", heads=heads)
+                units += linear_units(module, _mlp_names(module, ("fc1", "fc2")), f"{prefix}.")
+        return units
+
+    def base_params(self, units: list[EditUnit]) -> Params:
+        named = dict(self.clip.named_parameters())
+        return {p: named[p].detach() for u in units for p in u.params}
+
+    def image_features(self, params: Params, pixels: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.clip.vision_model, _overrides(params, "vision_model."), (),
+                              {"pixel_values": pixels})
+        return self.clip.visual_projection(out.pooler_output)
+
+    def text_features(self, params: Params, prompts: list[str]) -> torch.Tensor:
+        ids = text.tokenize(self.tokenizer, prompts)
+        out = functional_call(self.clip.text_model, _overrides(params, "text_model."), (), {"input_ids": ids})
+        return self.clip.text_projection(out.pooler_output)
+
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.exp())

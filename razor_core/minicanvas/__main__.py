@@ -2,6 +2,9 @@
 
     .venv/bin/python -m razor_core.minicanvas check --json OUT.json   evaluate the bundled models
     .venv/bin/python -m razor_core.minicanvas grid --out grid.png      sample the styles x objects grid
+    .venv/bin/python -m razor_core.minicanvas unlearn --target style:neon [--family diffusion|clip]
+        [--method razor|slug] [--seed N] --json OUT.json                 forget one concept and measure it
+    .venv/bin/python -m razor_core.minicanvas unlearn --list-targets
 """
 from __future__ import annotations
 
@@ -71,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p_grid = sub.add_parser("grid", help="sample one image per style x object cell into a PNG")
     p_grid.add_argument("--out", type=Path, required=True)
     p_grid.add_argument("--seed", type=int, default=0)
+    p_unlearn = sub.add_parser("unlearn", help="forget one concept from a bundled model and measure UA/IRA/CRA")
+    p_unlearn.add_argument("--target", help="style:NAME or object:NAME (see --list-targets)")
+    p_unlearn.add_argument("--family", choices=("diffusion", "clip"), default="diffusion")
+    p_unlearn.add_argument("--method", choices=("razor", "slug"), default="razor")
+    p_unlearn.add_argument("--seed", type=int, default=0)
+    p_unlearn.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p_unlearn.add_argument("--list-targets", action="store_true", help="print the concept names and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     try:
@@ -82,7 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "grid":
             save_grid(args.out, args.seed)
             print(f"wrote {args.out}")
-    except store.WeightsError as exc:
+        elif args.command == "unlearn":
+            from . import unlearn
+
+            if args.list_targets:
+                print("\n".join(unlearn.list_targets()))
+                return 0
+            if not args.target:
+                parser.error("unlearn needs --target (or --list-targets)")
+            run = unlearn.unlearn_diffusion if args.family == "diffusion" else unlearn.unlearn_clip
+            result = run(args.target, method=args.method, seed=args.seed)
+            print(json.dumps({k: v for k, v in result.items() if k != "round_log"}, indent=1))
+            if args.json:
+                store.atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())
+    except (store.WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

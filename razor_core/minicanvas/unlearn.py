@@ -5,15 +5,18 @@ import resource
 import time
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from .. import growth
-from ..adapters.minicanvas import MiniCanvasDiffusion
+from ..adapters.minicanvas import MiniCanvasClip, MiniCanvasDiffusion
 from ..edit import RazorEdit, fingerprint
 from ..forget_set import ForgetSet
+from ..objectives.clip import ClipForgetData, ClipObjective
 from ..objectives.diffusion import DiffusionObjective, DiffusionSettings
 from . import data, evaluate, text
-from .pipeline import load_classifier, load_pipeline
+from .classifier import to_model_input
+from .pipeline import load_classifier, load_clip, load_pipeline
 
 # Unlearning never sees the evaluation template (TRAIN_TEMPLATES[0]) nor the paraphrases.
 UNLEARN_TEMPLATES = data.TRAIN_TEMPLATES[1:3]
@@ -55,12 +58,11 @@ def forget_set_for(domain: str, index: int) -> ForgetSet:
     return ForgetSet(concept, domain, tuple(forget), tuple(anchor), tuple(retain))
 
 
-def edit_from_result(result: growth.GrowthResult, adapter: torch.nn.Module, forget_set: ForgetSet,
-                     settings: dict) -> RazorEdit:
-    named = dict(adapter.named_parameters())
+def edit_from_result(result: growth.GrowthResult, model: torch.nn.Module, concept: str, settings: dict) -> RazorEdit:
+    named = dict(model.named_parameters())
     return RazorEdit(
         deltas={k: v.detach().clone() for k, v in result.delta.items()},
-        units=result.units, concept=f"{forget_set.kind}:{forget_set.concept}", settings=settings,
+        units=result.units, concept=concept, settings=settings,
         base_fingerprint=fingerprint({k: named[k] for k in result.delta}),
         scores=[asdict(s) for s in result.scores], rounds=[asdict(r) for r in result.rounds])
 
@@ -79,7 +81,7 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
     result = growth.run(objective, config)
     settings = {"method": config.method, "granularity": granularity, "blocks": blocks, "seed": seed,
                 "config": asdict(config)}
-    edit = edit_from_result(result, adapter, forget_set, settings)
+    edit = edit_from_result(result, adapter, f"{domain}:{forget_set.concept}", settings)
     seconds = time.time() - start
     backup = edit.apply_to(adapter)
     try:
@@ -94,5 +96,106 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
         "backward_passes": result.backward_passes, "rounds": len(result.rounds),
         "units": [u.name for u in result.units], "edit_bytes": len(edit.to_bytes()),
         "forget_progress": result.rounds[-1].forget_progress, "retain_drift": result.rounds[-1].retain_drift,
+        "round_log": [asdict(r) for r in result.rounds],
+    }
+
+
+CLIP_TRAIN_PER_CELL = 4
+CLIP_HELDOUT_PER_CELL = 10
+VALIDATION_INDEX = 10_000  # validation images: train-split indices far from the gradient images
+# Extra single-domain phrasings for validation only; evaluation uses the first STYLE/OBJECT_ONLY template.
+EXTRA_LABEL_TEMPLATES = {"style": ("{style}", "the {style} style", "{style} style art"),
+                         "object": ("{object}", "the {object}", "a drawing of a {object}")}
+
+
+def _cells(domain: str, index: int, forget: bool) -> list[tuple[int, int]]:
+    pos = 0 if domain == "style" else 1
+    return [(s, o) for s in range(len(data.STYLES)) for o in range(len(data.OBJECTS))
+            if ((s, o)[pos] == index) == forget]
+
+
+def _images(cells: list[tuple[int, int]], split: str, per_cell: int,
+            first: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    labels = [(s, o) for s, o in cells for _ in range(per_cell)]
+    imgs = [data.render(s, o, first + i, split) for s, o in cells for i in range(per_cell)]
+    return to_model_input(torch.from_numpy(np.stack(imgs))), labels
+
+
+def clip_forget_data(domain: str, index: int) -> ClipForgetData:
+    forget_cells, retain_cells = _cells(domain, index, True), _cells(domain, index, False)
+    f_img, f_lab = _images(forget_cells, "train", CLIP_TRAIN_PER_CELL)
+    r_img, r_lab = _images(retain_cells, "train", 1)
+    vf_img, _ = _images(forget_cells, "train", 4, VALIDATION_INDEX)
+    vr_img, vr_lab = _images(retain_cells, "train", 2, VALIDATION_INDEX)
+
+    def captions(labels, single_domain: tuple[str, ...]) -> tuple[str, ...]:
+        """Full captions, every other one replaced by a single-domain phrasing (as zero-shot labels are written), so
+        the losses act on the prompts the concept is recognised by."""
+        out = []
+        for k, (s, o) in enumerate(labels):
+            names = {"style": data.STYLES[s], "object": data.OBJECTS[o]}
+            if k % 2:
+                key = single_domain[k // 2 % len(single_domain)]
+                templates = text.STYLE_ONLY_TEMPLATES if key == "style" else text.OBJECT_ONLY_TEMPLATES
+                out.append(templates[1 + k // 4 % 2].format(**{key: names[key]}))
+            else:
+                out.append(UNLEARN_TEMPLATES[k // 2 % len(UNLEARN_TEMPLATES)].format(**names))
+        return tuple(out)
+
+    # Validation phrasings of the labels; the evaluation's own phrasing (template 0) is never used here.
+    label_sets, concept, truth = [], [], []
+    for pos, (templates, names, key) in enumerate(((text.STYLE_ONLY_TEMPLATES, data.STYLES, "style"),
+                                                   (text.OBJECT_ONLY_TEMPLATES, data.OBJECTS, "object"))):
+        for template in templates[1:] + EXTRA_LABEL_TEMPLATES[key]:
+            label_sets.append(tuple(template.format(**{key: n}) for n in names))
+            concept.append(index if key == domain else -1)
+            truth.append([cell[pos] for cell in vr_lab])
+    return ClipForgetData(f_img, captions(f_lab, (domain,)), r_img, captions(r_lab, ("style", "object")),
+                          tuple(label_sets),
+                          tuple(concept), vf_img, vr_img, torch.tensor(truth))
+
+
+def _zero_shot_report(clip_model, tokenizer, domain: str, index: int) -> dict[str, float]:
+    images, styles, objects = data.build_split("heldout", CLIP_HELDOUT_PER_CELL)
+    x = to_model_input(torch.from_numpy(images))
+    own, other = (styles, objects) if domain == "style" else (objects, styles)
+    other_domain = "object" if domain == "style" else "style"
+    pred = evaluate.clip_zero_shot(clip_model, tokenizer, x, own, domain)
+    pred_other = evaluate.clip_zero_shot(clip_model, tokenizer, x, other, other_domain)
+    is_target = own == index
+    return {"forget_acc": float(100 * (pred[is_target] == index).mean()),
+            "retain_acc": float(100 * (pred[~is_target] == own[~is_target]).mean()),
+            "cross_acc": float(100 * (pred_other == other).mean())}
+
+
+def unlearn_clip(target: str, method: str = "razor", seed: int = 0, granularity: str = "heads",
+                 blocks: str = "all", config: growth.RazorConfig | None = None) -> dict:
+    domain, index = parse_target(target)
+    torch.manual_seed(seed)
+    clip_model, tokenizer = load_clip()
+    before = _zero_shot_report(clip_model, tokenizer, domain, index)
+    adapter = MiniCanvasClip(clip_model, tokenizer, granularity, blocks)
+    config = config or growth.RazorConfig(method=method, drift_tolerance=0.02, forget_target=0.95)
+    start = time.time()
+    objective = ClipObjective(adapter, clip_forget_data(domain, index))
+    result = growth.run(objective, config)
+    edit = edit_from_result(result, clip_model, target, {"method": config.method, "granularity": granularity,
+                                                       "blocks": blocks, "seed": seed, "config": asdict(config)})
+    seconds = time.time() - start
+    backup = edit.apply_to(clip_model)
+    try:
+        after = _zero_shot_report(clip_model, tokenizer, domain, index)
+    finally:
+        RazorEdit.revert(clip_model, backup)
+    return {
+        "target": target, "family": "clip", "method": config.method,
+        "forget_acc": after["forget_acc"], "forget_acc_before": before["forget_acc"],
+        "chance": 100.0 / (len(data.STYLES) if domain == "style" else len(data.OBJECTS)),
+        "retain_acc": after["retain_acc"], "retain_acc_before": before["retain_acc"],
+        "cross_acc": after["cross_acc"], "cross_acc_before": before["cross_acc"],
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "backward_passes": result.backward_passes, "rounds": len(result.rounds),
+        "units": [u.name for u in result.units], "edit_bytes": len(edit.to_bytes()),
         "round_log": [asdict(r) for r in result.rounds],
     }

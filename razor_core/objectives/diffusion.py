@@ -26,6 +26,8 @@ from ..units import EditUnit
 class DiffusionModel(Protocol):
     """What the objective needs from a model family's adapter."""
 
+    text_prefix: str  # parameter-name prefix of the text encoder(s)
+
     def units(self) -> list[EditUnit]: ...
     def base_params(self, units: list[EditUnit]) -> Params: ...
     def encode(self, params: Params, prompts: list[str]) -> torch.Tensor: ...
@@ -59,7 +61,7 @@ class DiffusionObjective(Objective):
         self.settings = settings
         self._units = model.units()
         self._theta0 = model.base_params(self._units)
-        self._text_keys = any(k.startswith("text_encoder.") for k in self._theta0)
+        self._text_keys = [k for k in self._theta0 if k.startswith(model.text_prefix)]
         gen = torch.Generator().manual_seed(settings.seed)
         n_f = len(forget_set.forget_prompts)
         self.prompts = list(forget_set.forget_prompts) + list(forget_set.anchor_prompts) + list(
@@ -121,7 +123,8 @@ class DiffusionObjective(Objective):
         return torch.cat(out)
 
     def _contexts(self, params: Params, prompt_idx: torch.Tensor) -> torch.Tensor:
-        if not self._text_keys:
+        # Untouched text-encoder weights are the very θ⁰ tensors (steps only replace what they change).
+        if all(params[k] is self._theta0[k] for k in self._text_keys):
             return self._context0[prompt_idx]
         unique, inverse = prompt_idx.unique(return_inverse=True)
         return self.model.encode(params, [self.prompts[i] for i in unique.tolist()])[inverse]
