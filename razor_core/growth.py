@@ -10,7 +10,7 @@ forget-only step (λ_r = λ_m = 0), no growth.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -68,10 +68,6 @@ class GrowthResult:
     backward_passes: int
     config: RazorConfig
     before: Validation
-
-    def summary(self) -> dict:
-        return {"units": [u.name for u in self.units], "rounds": [asdict(r) for r in self.rounds],
-                "backward_passes": self.backward_passes}
 
 
 def _initial_set(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[EditUnit]:

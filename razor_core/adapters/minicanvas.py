@@ -28,6 +28,12 @@ def _mlp_names(module: nn.Module, leaf_names: tuple[str, ...]) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(leaf_names)]
 
 
+def _tower_units(module: nn.Module, spec, prefix: str, heads: bool, mlp_leaves: tuple[str, ...]) -> list[EditUnit]:
+    """A tower's attention heads (or whole attention modules) and its MLP linears."""
+    return (attention_units(module, spec, prefix, heads=heads)
+            + linear_units(module, _mlp_names(module, mlp_leaves), prefix))
+
+
 def _overrides(params: Params, prefix: str) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
@@ -52,11 +58,9 @@ class MiniCanvasDiffusion(nn.Module):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += attention_units(self.denoiser, COMFY_STYLE, "denoiser.", heads=heads)
-            units += linear_units(self.denoiser, _mlp_names(self.denoiser, ("ff.0", "ff.2")), "denoiser.")
+            units += _tower_units(self.denoiser, COMFY_STYLE, "denoiser.", heads, ("ff.0", "ff.2"))
         if self.blocks in ("text_encoder", "all"):
-            units += attention_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads=heads)
-            units += linear_units(self.text_encoder, _mlp_names(self.text_encoder, ("fc1", "fc2")), "text_encoder.")
+            units += _tower_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads, ("fc1", "fc2"))
         return units
 
     def base_params(self, units: list[EditUnit]) -> Params:
@@ -105,9 +109,8 @@ class MiniCanvasClip(nn.Module):
         units: list[EditUnit] = []
         for tower, prefix in (("vision", "vision_model"), ("text", "text_model")):
             if self.blocks in (tower, "all"):
-                module = self.clip.get_submodule(prefix)
-                units += attention_units(module, HF_CLIP_STYLE, f"{prefix}.", heads=heads)
-                units += linear_units(module, _mlp_names(module, ("fc1", "fc2")), f"{prefix}.")
+                units += _tower_units(self.clip.get_submodule(prefix), HF_CLIP_STYLE, f"{prefix}.", heads,
+                                      ("fc1", "fc2"))
         return units
 
     def base_params(self, units: list[EditUnit]) -> Params:

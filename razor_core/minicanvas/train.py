@@ -134,8 +134,8 @@ def finetune_clip() -> None:
     tokenizer = text.load_tokenizer(tokenizer_dir())
     model = text.build_clip(tokenizer)
     model.load_state_dict(store.load_tensors("clip.safetensors"))
-    loss = _fit_clip(model, tokenizer, epochs=8, max_lr=3e-4, seed=4)
-    _save_clip(model, tokenizer, time.time() - start, loss, "2: stage 1 + 8 epochs at max lr 3e-4")
+    loss = _fit_clip(model, tokenizer, epochs=6, max_lr=3e-4, seed=4)
+    _save_clip(model, tokenizer, time.time() - start, loss, "2: stage 1 + 6 epochs at max lr 3e-4")
 
 
 def export_text_encoder() -> None:
@@ -216,9 +216,10 @@ def _batch_contexts(table: dict[str, torch.Tensor], styles: torch.Tensor, object
     return torch.where(r >= 1 - p_empty, table["empty"].expand_as(ctx), ctx)
 
 
-def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4) -> None:
-    """Rectified flow: x_t = (1-t) x0 + t eps, predict eps - x0; logit-normal t; EMA weights are what ships."""
-    _seed(3)
+def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4, resume: bool = False) -> None:
+    """Rectified flow: x_t = (1-t) x0 + t eps, predict eps - x0; logit-normal t; EMA weights are what ships.
+    With `resume`, training continues from the saved (EMA) weights, e.g. to give a run more minutes."""
+    _seed(3 if not resume else 5)
     start = time.time()
     tokenizer = text.load_tokenizer(tokenizer_dir())
     encoder = text.build_text_encoder(tokenizer)
@@ -227,6 +228,11 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4) -> N
     table = _caption_contexts(tokenizer, encoder)
     model = MiniDiT(**DEFAULT_CONFIG)
     model.initialize_weights(torch.Generator().manual_seed(3))
+    done_steps, done_seconds = 0, 0.0
+    if resume:
+        model.load_state_dict(store.load_tensors("denoiser.safetensors"))
+        previous = store.read_manifest()["files"]["denoiser.safetensors"]
+        done_steps, done_seconds = previous["steps"], previous["train_seconds"]
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(3)
@@ -247,7 +253,7 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4) -> N
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = min(0.999, (1 + step + done_steps) / (10 + step + done_steps))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
@@ -256,7 +262,8 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4) -> N
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if time.time() - last_save > 300 or time.time() >= deadline:
             store.save_weights("denoiser.safetensors", ema.state_dict(), _provenance(
-                time.time() - start, config=DEFAULT_CONFIG, steps=step, batch_size=batch_size,
+                done_seconds + time.time() - start, config=DEFAULT_CONFIG, steps=done_steps + step,
+                batch_size=batch_size, resumed=resume,
                 final_loss=round(loss.item(), 4), objective="rectified flow, v = noise - x0, t*1000"))
             last_save = time.time()
     bar.close()
@@ -265,7 +272,8 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(COMPONENTS), help="comma-separated subset of " + ",".join(COMPONENTS))
-    parser.add_argument("--denoiser-minutes", type=float, default=70.0, help="wall-clock budget of the denoiser")
+    parser.add_argument("--denoiser-minutes", type=float, default=75.0, help="wall-clock budget of the denoiser")
+    parser.add_argument("--denoiser-resume", action="store_true", help="continue from the saved denoiser weights")
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     chosen = args.only.split(",")
@@ -283,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if "classifiers" in chosen:
         train_classifiers()
     if "denoiser" in chosen:
-        train_denoiser(args.denoiser_minutes)
+        train_denoiser(args.denoiser_minutes, resume=args.denoiser_resume)
 
 
 if __name__ == "__main__":
