@@ -14,7 +14,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
 
 from razor_core.minicanvas import unlearn
 from razor_core.minicanvas.store import atomic_write_bytes
@@ -83,7 +82,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default="all", help="comma-separated targets, or 'all'")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
     targets = unlearn.list_targets() if args.targets == "all" else args.targets.split(",")
     results = run(args.family, args.methods.split(","), targets)
     atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())

@@ -5,7 +5,7 @@ gradient or optimizer state (the model's own parameters are never set to require
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,6 +18,7 @@ class Gradients:
     retain: Params
     mismatch: Params
     backward_passes: int
+    retain_sketch: list[Params] = field(default_factory=list)
 
 
 def _mean_gradient(objective: Objective, loss_name: str, split: str, params: Params) -> tuple[Params, int]:
@@ -38,12 +39,36 @@ def _mean_gradient(objective: Objective, loss_name: str, split: str, params: Par
     return {k: v / n for k, v in total.items()}, n
 
 
-def compute_gradients(objective: Objective, params: Params, with_mismatch: bool = True) -> Gradients:
-    """∇ of each loss at `params`. The mismatch gradient is zero at θ⁰ by construction, so it is skipped there."""
+def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0) -> tuple[list[Params], int]:
+    """Gradients of `size` random projections <outputs, e_k> of the retain outputs: a randomized sketch of the
+    directions in which a step would move retain behaviour (first order), so the step can avoid them."""
+    gen = torch.Generator().manual_seed(seed)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    sketch = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(size)]
+    passes = 0
+    with torch.enable_grad():
+        for batch in objective.batches("retain"):
+            out = objective.retain_outputs(leaves, batch)
+            for acc in sketch:
+                probe = torch.randn(out.shape, generator=gen)
+                grads = torch.autograd.grad((out * probe).sum(), list(leaves.values()), retain_graph=True,
+                                            allow_unused=True)
+                for (name, a), g in zip(acc.items(), grads):
+                    if g is not None:
+                        a += g
+                passes += 1
+    return sketch, passes
+
+
+def compute_gradients(objective: Objective, params: Params, with_mismatch: bool = True,
+                      sketch_size: int = 0) -> Gradients:
+    """∇ of each loss at `params` (the mismatch gradient is zero at θ⁰ by construction, so it is skipped there),
+    plus an optional sketch of the retain outputs' sensitivity."""
     forget, n_f = _mean_gradient(objective, "forget_loss", "forget", params)
     retain, n_r = _mean_gradient(objective, "retain_loss", "retain", params)
     if with_mismatch:
         mismatch, n_m = _mean_gradient(objective, "mismatch_loss", "retain", params)
     else:
         mismatch, n_m = {k: torch.zeros_like(v) for k, v in params.items()}, 0
-    return Gradients(forget, retain, mismatch, n_f + n_r + n_m)
+    sketch, n_s = retain_sketch(objective, params, sketch_size) if sketch_size else ([], 0)
+    return Gradients(forget, retain, mismatch, n_f + n_r + n_m + n_s, sketch)

@@ -33,6 +33,7 @@ class RazorConfig:
     max_rounds: int = 6
     forget_target: float = 0.9        # forget progress (validation) that ends the growth
     drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
+    retain_sketch: int = 0            # random retain-output projections to keep steps orthogonal to (0: off)
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
@@ -96,7 +97,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
 
     with torch.no_grad():
         before = objective.validate(theta0)
-    grads = compute_gradients(objective, theta0, with_mismatch=False)
+    sketch = config.retain_sketch if config.method == "razor" else 0
+    grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
     backward = grads.backward_passes
     scores = score_units(units, theta0, grads.forget, grads.retain, config.alpha)
     edit_set = _initial_set(units, scores, config)
@@ -121,7 +123,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             break  # the last unit added could not move forgetting any further within the retain tolerance
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
         # these same gradients.
-        grads = compute_gradients(objective, add(theta0, delta))
+        grads = compute_gradients(objective, add(theta0, delta), sketch_size=sketch)
         backward += grads.backward_passes
         rescored = score_units(units, add(theta0, delta), grads.forget, grads.retain, config.alpha)
         in_set = {u.name for u in edit_set}

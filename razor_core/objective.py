@@ -59,5 +59,9 @@ class Objective(ABC):
         """Decreased: drift from the frozen model's outputs on retain data (zero at θ⁰)."""
 
     @abstractmethod
+    def retain_outputs(self, params: Params, batch: Any) -> torch.Tensor:
+        """The model's outputs on retain data that must not move (their sensitivity protects retention)."""
+
+    @abstractmethod
     def validate(self, params: Params) -> Validation:
         """Progress and drift on the validation split (no gradients)."""

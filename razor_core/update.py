@@ -30,11 +30,27 @@ class StepWeights:
     lambda_mismatch: float = 0.1
 
 
+def _column_space(matrix: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal basis of the column space (rank-aware, so a sketch that misses a unit removes nothing)."""
+    u, sv, _ = torch.linalg.svd(matrix, full_matrices=False)
+    if sv.numel() == 0 or float(sv[0]) == 0.0:
+        return matrix[:, :0]
+    return u[:, sv > rtol * sv[0]]
+
+
 def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights) -> dict[str, torch.Tensor]:
-    """Per-unit update direction (flattened over the unit's slices)."""
-    return {u.name: (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
-                     - weights.lambda_retain * unit_values(u, grads.retain)
-                     - weights.lambda_mismatch * unit_values(u, grads.mismatch)) for u in units}
+    """Per-unit update direction (flattened over the unit's slices). With a retain sketch, the direction is made
+    orthogonal to the sketched retain-output sensitivities of that unit, so to first order retain outputs stay."""
+    out = {}
+    for u in units:
+        d = (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
+             - weights.lambda_retain * unit_values(u, grads.retain)
+             - weights.lambda_mismatch * unit_values(u, grads.mismatch))
+        if grads.retain_sketch:
+            basis = _column_space(torch.stack([unit_values(u, s) for s in grads.retain_sketch], dim=1))
+            d = d - basis @ (basis.t() @ d)
+        out[u.name] = d
+    return out
 
 
 def step_delta(units: list[EditUnit], dirs: dict[str, torch.Tensor], params: Params,

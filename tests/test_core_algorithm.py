@@ -34,6 +34,10 @@ class ToyObjective(Objective):
     def mismatch_loss(self, params, batch):
         return sum((params[k] - self.theta0[k]).pow(2).sum() for k in params) / self.gap
 
+    def retain_outputs(self, params, batch):
+        # Retain behaviour reads `c` and the last entry of `a`: steps must leave those alone.
+        return torch.cat([params["c"], params["a"][3:]])
+
     def validate(self, params):
         drift = sum(float((params[k] - self.theta0[k]).pow(2).sum()) for k in params) / self.gap
         return Validation(float(self.forget_loss(params, None)), drift)
@@ -79,6 +83,14 @@ def test_step_search_respects_the_drift_tolerance():
     result = growth.run(ToyObjective(), config)
     assert result.rounds[0].retain_drift <= 0.05
     assert result.rounds[0].forget_progress > 0
+
+
+def test_retain_sketch_keeps_steps_out_of_retain_sensitive_directions():
+    objective = ToyObjective()
+    result = growth.run(objective, growth.RazorConfig(max_initial_units=2, threshold=0.0, drift_tolerance=10.0,
+                                                      retain_sketch=4))
+    assert result.delta["a"][0] != 0          # forgetting still moves a
+    assert float(result.delta["a"][3]) == pytest.approx(0.0, abs=1e-6)  # but not the entry retain reads
 
 
 def test_slug_mode_is_one_layer_one_round_forget_only():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -82,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     p_unlearn.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p_unlearn.add_argument("--list-targets", action="store_true", help="print the concept names and exit")
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
     try:
         if args.command == "check":
             result = check()

@@ -228,11 +228,12 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4, resu
     table = _caption_contexts(tokenizer, encoder)
     model = MiniDiT(**DEFAULT_CONFIG)
     model.initialize_weights(torch.Generator().manual_seed(3))
-    done_steps, done_seconds = 0, 0.0
+    done_steps, done_seconds, history = 0, 0.0, []
     if resume:
         model.load_state_dict(store.load_tensors("denoiser.safetensors"))
         previous = store.read_manifest()["files"]["denoiser.safetensors"]
         done_steps, done_seconds = previous["steps"], previous["train_seconds"]
+        history = previous.get("history", []) + [{k: previous[k] for k in ("command", "steps", "train_seconds")}]
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(3)
@@ -263,7 +264,7 @@ def train_denoiser(minutes: float, batch_size: int = 128, lr: float = 5e-4, resu
         if time.time() - last_save > 300 or time.time() >= deadline:
             store.save_weights("denoiser.safetensors", ema.state_dict(), _provenance(
                 done_seconds + time.time() - start, config=DEFAULT_CONFIG, steps=done_steps + step,
-                batch_size=batch_size, resumed=resume,
+                batch_size=batch_size, history=history,
                 final_loss=round(loss.item(), 4), objective="rectified flow, v = noise - x0, t*1000"))
             last_save = time.time()
     bar.close()
@@ -275,7 +276,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--denoiser-minutes", type=float, default=75.0, help="wall-clock budget of the denoiser")
     parser.add_argument("--denoiser-resume", action="store_true", help="continue from the saved denoiser weights")
     args = parser.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
     chosen = args.only.split(",")
     unknown = set(chosen) - set(COMPONENTS)
     if unknown:

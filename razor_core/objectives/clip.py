@@ -143,10 +143,12 @@ class ClipObjective(Objective):
         targets = same / same.sum(1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
-    def mismatch_loss(self, params: Params, batch: slice) -> torch.Tensor:
-        sims = (_normed(self.model.image_features(params, self.data.retain_images[batch]))
+    def retain_outputs(self, params: Params, batch: slice) -> torch.Tensor:
+        return (_normed(self.model.image_features(params, self.data.retain_images[batch]))
                 @ self._text(params, list(self.data.retain_captions)).t())
-        return (sims - self._retain_sims0[batch]).pow(2).mean()
+
+    def mismatch_loss(self, params: Params, batch: slice) -> torch.Tensor:
+        return (self.retain_outputs(params, batch) - self._retain_sims0[batch]).pow(2).mean()
 
     def validate(self, params: Params) -> Validation:
         m0 = self._forget_margin0

@@ -153,6 +153,9 @@ class DiffusionObjective(Objective):
         pred, data, sl = self._pred(params, batch)
         return (pred - data.target[sl]).pow(2).mean()
 
+    def retain_outputs(self, params: Params, batch) -> torch.Tensor:
+        return self._pred(params, batch)[0]
+
     def mismatch_loss(self, params: Params, batch) -> torch.Tensor:
         pred, data, sl = self._pred(params, batch)
         return (pred - data.frozen[sl]).pow(2).mean() / self.gap
