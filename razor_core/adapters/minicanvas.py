@@ -38,20 +38,38 @@ def _overrides(params: Params, prefix: str) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-class MiniCanvasDiffusion(nn.Module):
+class _UnitModel(nn.Module):
+    """Shared by the adapters: validated granularity/blocks and θ⁰ lookup by parameter name."""
+
+    allowed_blocks: tuple[str, ...] = ()
+
+    def __init__(self, granularity: str, blocks: str):
+        super().__init__()
+        _check_choice(granularity, GRANULARITIES, "granularity")
+        _check_choice(blocks, self.allowed_blocks, "blocks")
+        self.granularity = granularity
+        self.blocks = blocks
+
+    def params_root(self) -> nn.Module:
+        """The module whose parameter names the units use."""
+        return self
+
+    def base_params(self, units: list[EditUnit]) -> Params:
+        named = dict(self.params_root().named_parameters())
+        return {p: named[p].detach() for u in units for p in u.params}
+
+
+class MiniCanvasDiffusion(_UnitModel):
     """The pipeline's trainable parts under one root, so parameter names carry their tower."""
 
     text_prefix = "text_encoder."
+    allowed_blocks = DIFFUSION_BLOCKS
 
     def __init__(self, pipeline: MiniCanvasPipeline, granularity: str = "heads", blocks: str = "all"):
-        super().__init__()
-        _check_choice(granularity, GRANULARITIES, "granularity")
-        _check_choice(blocks, DIFFUSION_BLOCKS, "blocks")
+        super().__init__(granularity, blocks)
         self.pipeline = pipeline
         self.text_encoder = pipeline.text_encoder
         self.denoiser = pipeline.denoiser
-        self.granularity = granularity
-        self.blocks = blocks
         self.requires_grad_(False)
 
     def units(self) -> list[EditUnit]:
@@ -62,10 +80,6 @@ class MiniCanvasDiffusion(nn.Module):
         if self.blocks in ("text_encoder", "all"):
             units += _tower_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads, ("fc1", "fc2"))
         return units
-
-    def base_params(self, units: list[EditUnit]) -> Params:
-        named = dict(self.named_parameters())
-        return {p: named[p].detach() for u in units for p in u.params}
 
     def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
         ids = text.tokenize(self.pipeline.tokenizer, prompts)
@@ -88,20 +102,17 @@ class MiniCanvasDiffusion(nn.Module):
         return self.pipeline.sample(prompts, seeds)
 
 
-class MiniCanvasClip(nn.Module):
+class MiniCanvasClip(_UnitModel):
     """A `transformers.CLIPModel` seen as edit units; the projections stay frozen (they are no tower's layers)."""
 
     image_prefix = "vision_model."
     text_prefix = "text_model."
+    allowed_blocks = CLIP_BLOCKS
 
     def __init__(self, clip_model: nn.Module, tokenizer, granularity: str = "heads", blocks: str = "all"):
-        super().__init__()
-        _check_choice(granularity, GRANULARITIES, "granularity")
-        _check_choice(blocks, CLIP_BLOCKS, "blocks")
+        super().__init__(granularity, blocks)
         self.clip = clip_model
         self.tokenizer = tokenizer
-        self.granularity = granularity
-        self.blocks = blocks
         self.requires_grad_(False)
 
     def units(self) -> list[EditUnit]:
@@ -113,9 +124,8 @@ class MiniCanvasClip(nn.Module):
                                       ("fc1", "fc2"))
         return units
 
-    def base_params(self, units: list[EditUnit]) -> Params:
-        named = dict(self.clip.named_parameters())
-        return {p: named[p].detach() for u in units for p in u.params}
+    def params_root(self) -> nn.Module:
+        return self.clip
 
     def image_features(self, params: Params, pixels: torch.Tensor) -> torch.Tensor:
         out = functional_call(self.clip.vision_model, _overrides(params, "vision_model."), (),
