@@ -17,6 +17,7 @@ import torch
 
 from .gradients import compute_gradients
 from .objective import Objective, Params, Validation
+from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
 from .update import StepWeights, add, directions, search_step, step_delta
 from .units import EditUnit
@@ -34,6 +35,8 @@ class RazorConfig:
     forget_target: float = 0.9        # forget progress (validation) that ends the growth
     drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
     retain_sketch: int = 0            # random retain-output projections to keep steps orthogonal to (0: off)
+    precondition: bool = True         # shape steps by the edited layers' retain inputs (see preconditioner.py)
+    damping: float = 0.1              # ridge of that preconditioner, relative to the mean input energy
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
@@ -43,6 +46,8 @@ class RazorConfig:
             raise ValueError("max_rounds and max_initial_units must be at least 1 (they are budgets)")
         if not 0.0 < self.forget_target <= 1.0:
             raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
+        if self.damping <= 0:
+            raise ValueError(f"damping must be positive, got {self.damping}")
         if self.drift_tolerance <= 0:
             raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
 
@@ -83,6 +88,15 @@ def _initial_set(units: list[EditUnit], scores: list[UnitScore], config: RazorCo
     return [by_name[s.unit] for s in chosen]
 
 
+def _preconditioner(objective: Objective, edit_set: list[EditUnit], params: Params, config: RazorConfig):
+    root = objective.module_root()
+    if config.method != "razor" or not config.precondition or root is None:
+        return None
+    moments = retain_input_moments(root, edit_set, lambda: objective.run_retain(params))
+    shapes = {k: v.shape for k, v in params.items()}
+    return lambda unit, d: precondition(unit, d, shapes, moments, config.damping)
+
+
 def run(objective: Objective, config: RazorConfig = RazorConfig(),
         progress: Callable[[int, int, str], None] | None = None) -> GrowthResult:
     """Unlearn: returns the accumulated Δ and everything needed to explain it."""
@@ -109,7 +123,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         start = time.time()
         report(r, rounds_budget, f"round {r + 1}: stepping {len(edit_set)} unit(s)")
         current = add(theta0, delta)
-        dirs = directions(edit_set, grads, weights)
+        dirs = directions(edit_set, grads, weights, _preconditioner(objective, edit_set, current, config))
         found = search_step(objective, current, edit_set, dirs, config.drift_tolerance)
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
+from torch import nn
 
 from .units import EditUnit
 
@@ -65,3 +66,13 @@ class Objective(ABC):
     @abstractmethod
     def validate(self, params: Params) -> Validation:
         """Progress and drift on the validation split (no gradients)."""
+
+    def module_root(self) -> nn.Module | None:
+        """The module whose submodule names the units' parameter names use, so the retain-aware preconditioner can
+        record the inputs of the edited layers; None leaves steps unpreconditioned."""
+        return None
+
+    def run_retain(self, params: Params) -> None:
+        """One forward pass over the retain data that reaches every candidate layer (for input statistics)."""
+        for batch in self.batches("retain"):
+            self.retain_outputs(params, batch)

@@ -14,6 +14,7 @@ m_u ∈ {2, ½} and keeping what helps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -38,14 +39,18 @@ def _column_space(matrix: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     return u[:, sv > rtol * sv[0]]
 
 
-def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights) -> dict[str, torch.Tensor]:
-    """Per-unit update direction (flattened over the unit's slices). With a retain sketch, the direction is made
-    orthogonal to the sketched retain-output sensitivities of that unit, so to first order retain outputs stay."""
+def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights,
+               shape: Callable[[EditUnit, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per-unit update direction (flattened over the unit's slices), optionally reshaped by `shape` (the
+    retain-aware preconditioner). With a retain sketch, the direction is made orthogonal to the sketched
+    retain-output sensitivities of that unit, so to first order retain outputs stay."""
     out = {}
     for u in units:
         d = (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
              - weights.lambda_retain * unit_values(u, grads.retain)
              - weights.lambda_mismatch * unit_values(u, grads.mismatch))
+        if shape is not None:
+            d = shape(u, d)
         if grads.retain_sketch:
             basis = _column_space(torch.stack([unit_values(u, s) for s in grads.retain_sketch], dim=1))
             d = d - basis @ (basis.t() @ d)

@@ -15,6 +15,7 @@ from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..objective import Objective, Params, Validation
 from ..units import EditUnit
@@ -31,6 +32,7 @@ class ClipModel(Protocol):
     def image_features(self, params: Params, pixels: torch.Tensor) -> torch.Tensor: ...
     def text_features(self, params: Params, prompts: list[str]) -> torch.Tensor: ...
     def logit_scale(self) -> float: ...
+    def params_root(self) -> nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,14 @@ class ClipObjective(Objective):
     def retain_outputs(self, params: Params, batch: slice) -> torch.Tensor:
         return (_normed(self.model.image_features(params, self.data.retain_images[batch]))
                 @ self._text(params, list(self.data.retain_captions)).t())
+
+    def module_root(self) -> nn.Module | None:
+        return self.model.params_root()
+
+    def run_retain(self, params: Params) -> None:
+        for batch in self.batches("retain"):
+            self.model.image_features(params, self.data.retain_images[batch])
+        self.model.text_features(params, list(self.data.retain_captions))
 
     def mismatch_loss(self, params: Params, batch: slice) -> torch.Tensor:
         return (self.retain_outputs(params, batch) - self._retain_sims0[batch]).pow(2).mean()

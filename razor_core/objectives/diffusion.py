@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import torch
+from torch import nn
 
 from ..forget_set import ForgetSet
 from ..objective import Objective, Params, Validation
@@ -35,6 +36,7 @@ class DiffusionModel(Protocol):
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...
+    def params_root(self) -> nn.Module: ...
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,14 @@ class DiffusionObjective(Objective):
     def mismatch_loss(self, params: Params, batch) -> torch.Tensor:
         pred, data, sl = self._pred(params, batch)
         return (pred - data.frozen[sl]).pow(2).mean() / self.gap
+
+    def module_root(self) -> nn.Module | None:
+        return self.model.params_root()
+
+    def run_retain(self, params: Params) -> None:
+        # The text encoder on the retain prompts explicitly: below, untouched text weights reuse cached contexts.
+        self.model.encode(params, [self.prompts[i] for i in self.retain.prompt.unique().tolist()])
+        super().run_retain(params)
 
     def validate(self, params: Params) -> Validation:
         f = self._predict(params, self.forget_val.x, self.forget_val.t, self.forget_val.prompt)

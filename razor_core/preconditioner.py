@@ -1,0 +1,92 @@
+"""Retain-aware preconditioning of a unit's step (decided here; the RAZOR summaries do not say how η_u is shaped).
+
+A linear layer's output changes on an input x by ΔW·x (+Δb), so the retain outputs it feeds move by
+‖[ΔW Δb]·Σ^{1/2}‖ with Σ = E[x̃ x̃ᵀ], x̃ = [x; 1], the second moment of its inputs on retain data. Multiplying a
+direction by (Σ + λI)⁻¹ on the input side (ridge-damped; λ = damping · mean eigenvalue of Σ) keeps it where retain
+inputs have little energy — e.g. on the concept's own token in a text encoder or a cross-attention key/value — while
+it stays an ascent direction for the forget loss (the preconditioner is positive definite). This is the closed form
+that UCE/AlphaEdit-style edits use, applied to RAZOR's gradient step.
+
+For a head, the rows of q/k/v see the whole input (full Σ) and the output-projection columns see only the head's
+own features (the matching block of Σ, no bias).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .units import EditUnit, Slice
+
+
+def _linear_name(param: str) -> str:
+    return param.rsplit(".", 1)[0]
+
+
+def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Σ = E[x̃ x̃ᵀ] of the inputs of every linear layer the units touch, recorded while `run_retain` runs the
+    model on retain data (hooks only; nothing else changes)."""
+    names = sorted({_linear_name(s.param) for u in units for s in u.slices})
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = defaultdict(int)
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, inputs: tuple, _output) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+            sums[name] = sums.get(name, 0) + x.t() @ x
+            counts[name] += len(x)
+        return hook
+
+    handles = [root.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
+    try:
+        with torch.no_grad():
+            run_retain()
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in names if n not in sums]
+    if missing:
+        raise RuntimeError(f"retain data never reached {missing[:3]}: cannot measure their inputs")
+    return {n: sums[n] / counts[n] for n in names}
+
+
+def _inverse(moment: torch.Tensor, damping: float) -> torch.Tensor:
+    eye = torch.eye(len(moment), dtype=moment.dtype)
+    ridge = damping * float(torch.diagonal(moment).mean())
+    return torch.linalg.inv(moment + ridge * eye)
+
+
+def precondition(unit: EditUnit, vector: torch.Tensor, shapes: dict[str, torch.Size],
+                 moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
+    """(Σ + λI)⁻¹ applied on the input side of every linear piece of `unit`'s flattened direction."""
+    pieces: dict[Slice, torch.Tensor] = {}
+    offset = 0
+    for s in unit.slices:
+        shape = list(shapes[s.param])
+        if s.dim is not None:
+            shape[s.dim] = s.length
+        n = int(torch.Size(shape).numel())
+        pieces[s] = vector[offset:offset + n].view(shape)
+        offset += n
+    out: dict[Slice, torch.Tensor] = {}
+    weights = [s for s in unit.slices if s.param.endswith(".weight")]
+    for w in weights:
+        name = _linear_name(w.param)
+        bias = next((s for s in unit.slices if s.param == f"{name}.bias"), None)
+        moment = moments[name]
+        if w.dim == 1:  # output-projection columns of one head: their own input features, no bias
+            moment = moment[w.start:w.start + w.length, w.start:w.start + w.length]
+        elif bias is None:
+            moment = moment[:-1, :-1]
+        joint = pieces[w] if bias is None else torch.cat([pieces[w], pieces[bias].unsqueeze(1)], dim=1)
+        stepped = (joint.double() @ _inverse(moment, damping)).to(vector.dtype)
+        out[w] = stepped[:, :pieces[w].shape[1]]
+        if bias is not None:
+            out[bias] = stepped[:, -1]
+    for s in unit.slices:
+        if s not in out:  # a parameter that is neither a linear weight nor its bias (none in attention/MLP units)
+            out[s] = pieces[s]
+    return torch.cat([out[s].reshape(-1) for s in unit.slices])
