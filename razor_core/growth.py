@@ -1,11 +1,13 @@
 """The RAZOR loop: score once at θ⁰, edit a small set with one regularised step, grow the set until forgotten.
 
-    round 0: gradients at θ⁰ → scores φ → initial set K = units with φ ≥ τ·max φ (at most `max_initial_units`)
+    round 0: gradients at θ⁰ → scores φ → per tower, a candidate initial set K = its units with φ ≥ τ·(the tower's
+             max φ) (at most `max_initial_units`); the candidate whose searched step forgets most is kept
     each round: direction at the current weights → step size by search → Δ += step
     if forget progress < target and rounds remain: re-score on the edited model, add the best unedited unit
 
-SLUG is the special case `method="slug"`: one whole layer from the Pareto front of (importance, |cos|), a
-forget-only step (λ_r = λ_m = 0), no growth.
+SLUG is the special case `method="slug"`: one whole layer from the Pareto front of (importance, |cos|) (per tower,
+the better one kept, as SLUG's authors pick among the towers' Pareto layers), a forget-only step (λ_r = λ_m = 0),
+no growth.
 """
 from __future__ import annotations
 
@@ -76,16 +78,30 @@ class GrowthResult:
     before: Validation
 
 
-def _initial_set(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[EditUnit]:
+def tower(unit: EditUnit) -> str:
+    """Unit names start with their tower (e.g. `text_model.…`, `denoiser.…`)."""
+    return unit.name.split(".", 1)[0]
+
+
+def _initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[list[EditUnit]]:
+    """One candidate initial set per tower. Gradient/weight ratios are not comparable across towers (SLUG ranks each
+    tower on its own too), so each tower's best units are chosen against that tower's best score, and round 0 keeps
+    the candidate whose step forgets most within the retain tolerance."""
     by_name = {u.name: u for u in units}
-    if config.method == "slug":
-        layers = [s for s in scores if by_name[s.unit].kind != "head"]
-        front = pareto_front(layers or scores)
-        return [by_name[max(front, key=lambda s: s.importance).unit]]
-    ranked = sorted(scores, key=lambda s: s.score, reverse=True)
-    best = ranked[0].score
-    chosen = [s for s in ranked if s.score >= config.threshold * best][:config.max_initial_units]
-    return [by_name[s.unit] for s in chosen]
+    sets = []
+    for name in dict.fromkeys(tower(u) for u in units):
+        own = [s for s in scores if tower(by_name[s.unit]) == name]
+        if config.method == "slug":
+            layers = [s for s in own if by_name[s.unit].kind != "head"]
+            front = pareto_front(layers or own)
+            sets.append([by_name[max(front, key=lambda s: s.importance).unit]])
+            continue
+        ranked = sorted(own, key=lambda s: s.score, reverse=True)
+        if ranked[0].score <= 0:
+            continue  # the tower does not carry the concept at all
+        chosen = [s for s in ranked if s.score >= config.threshold * ranked[0].score][:config.max_initial_units]
+        sets.append([by_name[s.unit] for s in chosen])
+    return sets or [[by_name[max(scores, key=lambda s: s.score).unit]]]
 
 
 def _preconditioner(objective: Objective, edit_set: list[EditUnit], params: Params, config: RazorConfig):
@@ -115,22 +131,25 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
     backward = grads.backward_passes
     scores = score_units(units, theta0, grads.forget, grads.retain, config.alpha)
-    edit_set = _initial_set(units, scores, config)
+    candidates = _initial_sets(units, scores, config)
     delta: Params = {}
     records: list[RoundRecord] = []
     added: str | None = None
     for r in range(rounds_budget):
         start = time.time()
-        report(r, rounds_budget, f"round {r + 1}: stepping {len(edit_set)} unit(s)")
+        report(r, rounds_budget, f"round {r + 1}: stepping {len(candidates[0])} unit(s)")
         current = add(theta0, delta)
-        dirs = directions(edit_set, grads, weights, _preconditioner(objective, edit_set, current, config))
-        found = search_step(objective, current, edit_set, dirs, config.drift_tolerance)
+        tried = []
+        for edit_set in candidates:
+            dirs = directions(edit_set, grads, weights, _preconditioner(objective, edit_set, current, config))
+            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance)))
+        edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():
             delta[name] = delta[name] + t if name in delta else t
         records.append(RoundRecord(r, [u.name for u in edit_set], added, found.scale, found.etas,
                                    found.validation.forget_progress, found.validation.retain_drift,
-                                   found.probes, time.time() - start))
+                                   sum(t[2].probes for t in tried), time.time() - start))
         if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
             break
         if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
@@ -145,7 +164,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         if not candidates:
             break
         best = max(candidates, key=lambda s: s.score)
-        edit_set = edit_set + [next(u for u in units if u.name == best.unit)]
+        candidates = [edit_set + [next(u for u in units if u.name == best.unit)]]
         added = best.unit
     report(rounds_budget, rounds_budget, "done")
     return GrowthResult(delta, edit_set, scores, records, backward, config, before)

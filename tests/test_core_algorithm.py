@@ -17,7 +17,7 @@ class ToyObjective(Objective):
         self.gap = sum(float((self.theta0[k] - self.target[k]).pow(2).sum()) for k in self.target)
 
     def units(self):
-        return [EditUnit(k, "mlp", (Slice(k),)) for k in ("a", "b", "c")]
+        return [EditUnit(f"toy.{k}", "mlp", (Slice(k),)) for k in ("a", "b", "c")]  # one tower: "toy"
 
     def base_params(self):
         return self.theta0
@@ -65,7 +65,7 @@ def test_growth_adds_units_until_the_target_is_reached_then_stops():
     config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
                                 weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
     result = growth.run(ToyObjective(), config)
-    assert [u.name for u in result.units] == ["a", "b"]       # a first (larger gradient), then grown by b
+    assert [u.name for u in result.units] == ["toy.a", "toy.b"]  # a first (larger gradient), then grown by b
     assert len(result.rounds) == 2                            # stopped at the target, not at the budget of 6
     assert result.rounds[-1].forget_progress >= 0.9
     assert "c" not in result.delta                            # units outside the edit set are untouched
@@ -96,6 +96,35 @@ def test_retain_sketch_keeps_steps_out_of_retain_sensitive_directions():
 def test_slug_mode_is_one_layer_one_round_forget_only():
     result = growth.run(ToyObjective(), growth.RazorConfig(method="slug", drift_tolerance=10.0))
     assert len(result.units) == 1 and len(result.rounds) == 1
+
+
+class TwoTowerObjective(ToyObjective):
+    """Tower `loud` has the larger gradient/weight ratio but every move of it costs retention; `quiet` (large
+    weights, so a low ratio) forgets freely."""
+
+    def __init__(self):
+        self.theta0 = {"x": torch.ones(4), "y": 10 * torch.ones(4)}
+        self.target = {"x": torch.tensor([3.0, 1, 1, 1]), "y": torch.tensor([16.0, 10, 10, 10])}
+        self.gap = sum(float((self.theta0[k] - self.target[k]).pow(2).sum()) for k in self.target)
+
+    def units(self):
+        return [EditUnit("loud.x", "mlp", (Slice("x"),)), EditUnit("quiet.y", "mlp", (Slice("y"),))]
+
+    def retain_outputs(self, params, batch):
+        return params["x"]
+
+    def validate(self, params):
+        drift = 10 * float((params["x"] - self.theta0["x"]).pow(2).sum()) / self.gap
+        return Validation(float(self.forget_loss(params, None)), drift)
+
+
+def test_round_zero_keeps_the_tower_that_forgets_within_the_tolerance():
+    objective = TwoTowerObjective()
+    scores = {s.unit: s.score for s in growth.run(objective, growth.RazorConfig(max_rounds=1)).scores}
+    assert scores["loud.x"] > scores["quiet.y"]  # a global ranking would start from the loud tower
+    result = growth.run(objective, growth.RazorConfig(max_rounds=1, drift_tolerance=0.05))
+    assert [u.name for u in result.units] == ["quiet.y"] and "x" not in result.delta
+    assert result.rounds[0].forget_progress > 0.5
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -125,8 +125,15 @@ def clip_forget_data(domain: str, index: int) -> ClipForgetData:
     forget_cells, retain_cells = _cells(domain, index, True), _cells(domain, index, False)
     f_img, f_lab = _images(forget_cells, "train", CLIP_TRAIN_PER_CELL)
     r_img, r_lab = _images(retain_cells, "train", 1)
-    vf_img, _ = _images(forget_cells, "train", 4, VALIDATION_INDEX)
+    vf_img, vf_lab = _images(forget_cells, "train", 4, VALIDATION_INDEX)
     vr_img, vr_lab = _images(retain_cells, "train", 2, VALIDATION_INDEX)
+    # The concept's own images must stay recognisable in the other domain (a neon star is still a star): they join
+    # the retain pairs captioned by the other domain only, and the drift check with their other-domain labels.
+    other = "object" if domain == "style" else "style"
+    kept_img, kept_lab = _images(forget_cells, "train", 1, 2 * VALIDATION_INDEX)
+    other_templates = text.OBJECT_ONLY_TEMPLATES if other == "object" else text.STYLE_ONLY_TEMPLATES
+    kept_captions = tuple(other_templates[1 + k % 2].format(**{other: (data.STYLES[s], data.OBJECTS[o])[
+        other == "object"]}) for k, (s, o) in enumerate(kept_lab))
 
     def captions(labels, single_domain: tuple[str, ...]) -> tuple[str, ...]:
         """Full captions, every other one replaced by a single-domain phrasing (as zero-shot labels are written), so
@@ -149,10 +156,11 @@ def clip_forget_data(domain: str, index: int) -> ClipForgetData:
         for template in templates[1:] + EXTRA_LABEL_TEMPLATES[key]:
             label_sets.append(tuple(template.format(**{key: n}) for n in names))
             concept.append(index if key == domain else -1)
-            truth.append([cell[pos] for cell in vr_lab])
-    return ClipForgetData(f_img, captions(f_lab, (domain,)), r_img, captions(r_lab, ("style", "object")),
-                          tuple(label_sets),
-                          tuple(concept), vf_img, vr_img, torch.tensor(truth))
+            truth.append([cell[pos] for cell in vr_lab] + [cell[pos] if key == other else -1 for cell in vf_lab])
+    return ClipForgetData(f_img, captions(f_lab, (domain,)), torch.cat([r_img, kept_img]),
+                          captions(r_lab, ("style", "object")) + kept_captions,
+                          tuple(label_sets), tuple(concept), vf_img, torch.cat([vr_img, vf_img]),
+                          torch.tensor(truth))
 
 
 def _zero_shot_report(clip_model, tokenizer, domain: str, index: int) -> dict[str, float]:
