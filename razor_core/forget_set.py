@@ -1,11 +1,13 @@
 """FORGET_SET: what to forget, what to map it to, and what to keep."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 KINDS = ("style", "object", "identity")
+EMPTY_CONCEPT = "the concept is empty: name the style, object or identity to forget"
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class ForgetSet:
 
     def __post_init__(self) -> None:
         if not self.concept.strip():
-            raise ValueError("the concept is empty: name the style, object or identity to forget")
+            raise ValueError(EMPTY_CONCEPT)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not self.forget_prompts:
@@ -38,3 +40,35 @@ class ForgetSet:
                 raise ValueError(f"forget images must be (N, 3, H, W); got shape {tuple(self.images.shape)}")
             if not torch.isfinite(self.images).all():
                 raise ValueError("forget images contain NaN or inf values; fix or drop those images")
+
+
+ANCHOR_SEPARATOR = "=>"
+PLACEHOLDER = "{concept}"
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def from_text(concept: str, kind: str, prompts: str, anchor: str, retain: str,
+              images: torch.Tensor | None = None) -> ForgetSet:
+    """A ForgetSet from the text a user types: one forget prompt per line of `prompts`, where `{concept}` stands for
+    the concept; a line may name its own anchor prompt after `=>`, otherwise its anchor is the same line with
+    `anchor` in place of the concept. `retain` holds one prompt per line."""
+    concept = concept.strip()
+    if not concept:
+        raise ValueError(EMPTY_CONCEPT)
+    forget, anchors = [], []
+    for number, line in enumerate(_lines(prompts), start=1):
+        prompt, _, own_anchor = (part.strip() for part in line.partition(ANCHOR_SEPARATOR))
+        prompt = re.sub(re.escape(concept), PLACEHOLDER, prompt, flags=re.IGNORECASE)  # typed out = placeholder
+        if PLACEHOLDER not in prompt:
+            raise ValueError(f"forget prompt line {number} ({prompt!r}) mentions neither {PLACEHOLDER} nor "
+                             f"{concept!r}: every forget prompt must invoke the concept")
+        if not own_anchor and not anchor.strip():
+            raise ValueError(f"forget prompt line {number} has no anchor: type an anchor concept (what "
+                             f"{concept!r} should become), or end the line with '{ANCHOR_SEPARATOR} anchor prompt'")
+        forget.append(prompt.replace(PLACEHOLDER, concept))
+        anchors.append(own_anchor.replace(PLACEHOLDER, anchor.strip()) if own_anchor
+                       else prompt.replace(PLACEHOLDER, anchor.strip()))
+    return ForgetSet(concept, kind, tuple(forget), tuple(anchors), tuple(_lines(retain)), images)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .gradients import compute_gradients
+from .gradients import Gradients, compute_gradients
 from .objective import Objective, Params, Validation
 from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
@@ -113,24 +113,42 @@ def _preconditioner(objective: Objective, edit_set: list[EditUnit], params: Para
     return lambda unit, d: precondition(unit, d, shapes, moments, config.damping)
 
 
-def run(objective: Objective, config: RazorConfig = RazorConfig(),
-        progress: Callable[[int, int, str], None] | None = None) -> GrowthResult:
-    """Unlearn: returns the accumulated Δ and everything needed to explain it."""
+@dataclass
+class Scoring:
+    """Round 0's localisation (zero optimisation steps): gradients at θ⁰ and every candidate's score."""
+    gradients: Gradients
+    scores: list[UnitScore]
+    before: Validation
+    config: RazorConfig
+
+
+def score(objective: Objective, config: RazorConfig = RazorConfig()) -> Scoring:
+    """Gradients once at θ⁰ and φ for every candidate unit (what ScoreHeads shows; `run` starts from it)."""
     units = objective.units()
     if not units:
         raise ValueError("no candidate units: the chosen blocks/granularity select nothing in this model")
+    theta0 = objective.base_params()
+    with torch.no_grad():
+        before = objective.validate(theta0)
+    sketch = config.retain_sketch if config.method == "razor" else 0
+    grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
+    return Scoring(grads, score_units(units, theta0, grads.forget, grads.retain, config.alpha), before, config)
+
+
+def run(objective: Objective, config: RazorConfig = RazorConfig(),
+        progress: Callable[[int, int, str], None] | None = None, scoring: Scoring | None = None) -> GrowthResult:
+    """Unlearn: returns the accumulated Δ and everything needed to explain it. `scoring` (from `score` on the same
+    objective with the same alpha and sketch) saves recomputing round 0's gradients."""
+    scoring = scoring or score(objective, config)
+    units = objective.units()
     theta0 = objective.base_params()
     weights = config.weights if config.method == "razor" else StepWeights(config.weights.lambda_forget,
                                                                           config.weights.rho, 0.0, 0.0)
     rounds_budget = config.max_rounds if config.method == "razor" else 1
     report = progress or (lambda *_: None)
-
-    with torch.no_grad():
-        before = objective.validate(theta0)
     sketch = config.retain_sketch if config.method == "razor" else 0
-    grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
+    grads, scores, before = scoring.gradients, scoring.scores, scoring.before
     backward = grads.backward_passes
-    scores = score_units(units, theta0, grads.forget, grads.retain, config.alpha)
     candidates = _initial_sets(units, scores, config)
     delta: Params = {}
     records: list[RoundRecord] = []
