@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from . import __version__
 from .units import EditUnit, Slice
 
 FORMAT_VERSION = "1"
@@ -68,6 +69,7 @@ class RazorEdit:
             tensors[f"{stem}.{kind}"] = delta.detach().contiguous().cpu()
         meta = {
             "razor.format": FORMAT_VERSION,
+            "razor.pack_version": __version__,
             "razor.units": json.dumps([{"name": u.name, "kind": u.kind, "slices": [asdict(s) for s in u.slices]}
                                        for u in self.units]),
             "razor.concept": self.concept,

@@ -83,7 +83,7 @@ def tower(unit: EditUnit) -> str:
     return unit.name.split(".", 1)[0]
 
 
-def _initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[list[EditUnit]]:
+def initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[list[EditUnit]]:
     """One candidate initial set per tower. Gradient/weight ratios are not comparable across towers (SLUG ranks each
     tower on its own too), so each tower's best units are chosen against that tower's best score, and round 0 keeps
     the candidate whose step forgets most within the retain tolerance."""
@@ -149,7 +149,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     sketch = config.retain_sketch if config.method == "razor" else 0
     grads, scores, before = scoring.gradients, scoring.scores, scoring.before
     backward = grads.backward_passes
-    candidates = _initial_sets(units, scores, config)
+    candidates = initial_sets(units, scores, config)
     delta: Params = {}
     records: list[RoundRecord] = []
     added: str | None = None

@@ -1,0 +1,144 @@
+"""Adapter for ComfyUI's MODEL (a ModelPatcher) and CLIP objects, duck-typed: razor_core never imports ComfyUI.
+
+Parameter names are the objects' own patch keys — `diffusion_model.…` for the MODEL, `clip_l.…` (and `clip_g.…`,
+… where a CLIP holds several text encoders) for the CLIP — so an edit becomes `ModelPatcher.add_patches` without
+translation, and every unit name starts with its tower.
+
+What the caller (a node) must do first, because it needs ComfyUI itself: load the model fully
+(`comfy.model_management.load_models_gpu`), so that its modules hold the weights with any earlier patches applied,
+and wrap the whole run in `torch.inference_mode(False)`. ComfyUI loads weights as inference tensors, which autograd
+cannot save, so the adapter runs every forward on ordinary copies of the towers' weights (made once, `torch.func.
+functional_call`), never on the modules' own tensors, and never writes to them.
+
+Predictions are ComfyUI's denoised estimates (`BaseModel.apply_model`), which works the same for ε-, v- and
+flow-models; timesteps t ∈ (0, 1) map to the model's own σ through its `model_sampling`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ..edit import fingerprint
+from ..objective import Params
+from ..units import COMFY_STYLE, AttentionSpec, EditUnit
+from .minicanvas import DIFFUSION_BLOCKS, _tower_units, _UnitModel
+
+COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
+DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2")
+TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
+
+# prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
+Sampler = Callable[[list[str], list[int]], torch.Tensor]
+
+
+class UnsupportedModelError(TypeError):
+    """The object is not a ComfyUI MODEL/CLIP this adapter can read."""
+
+
+def _out_of_place_forward(layer: nn.Module):
+    """ComfyUI's CLIPLayer adds its residuals in place, which breaks autograd; the same computation out of place."""
+    def forward(x, mask=None, optimized_attention=None):
+        x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
+        return x + layer.mlp(layer.layer_norm2(x))
+    return forward
+
+
+@contextmanager
+def out_of_place_clip_layers(root: nn.Module) -> Iterator[None]:
+    """Swap every CLIPLayer's forward for the out-of-place one, and always restore it (clones share the modules)."""
+    layers = [m for m in root.modules() if type(m).__name__ == "CLIPLayer"]
+    for layer in layers:
+        layer.forward = _out_of_place_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute goes; the class's forward is back
+
+
+class ComfyDiffusion(_UnitModel):
+    """A ComfyUI MODEL and (optionally) its CLIP as one diffusion model for `DiffusionObjective`."""
+
+    allowed_blocks = DIFFUSION_BLOCKS
+
+    def __init__(self, model: Any, clip: Any | None, sampler: Sampler, granularity: str = "heads",
+                 blocks: str = "all"):
+        super().__init__(granularity, blocks)
+        base = getattr(model, "model", None)
+        if base is None or not hasattr(base, "apply_model") or not hasattr(base, "diffusion_model"):
+            raise UnsupportedModelError(f"expected a ComfyUI MODEL (ModelPatcher), got {type(model).__name__}")
+        if clip is None and blocks != "denoiser":
+            raise ValueError(f"blocks={blocks!r} edits the text encoder, but no CLIP was given: connect the CLIP, "
+                             "or choose blocks='denoiser'")
+        self._base = [base]  # a list, so the BaseModel's own submodules are not registered twice
+        self._clip = [clip]
+        self._sampler = sampler
+        self.diffusion_model = base.diffusion_model
+        towers = dict(clip.cond_stage_model.named_children()) if clip is not None else {}
+        for name, module in towers.items():
+            self.add_module(name, module)
+        self.text_prefix = tuple(f"{name}." for name in towers)
+        self.requires_grad_(False)
+        with torch.inference_mode(False):  # ordinary copies of every weight the forwards use (see module doc)
+            self._copies = {k: v.clone() for k, v in self.named_parameters()}
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self._copies.values())).device
+
+    def base_params(self, units: list[EditUnit]) -> Params:
+        return {p: self._copies[p] for u in units for p in u.params}
+
+    def fingerprint(self, names: list[str]) -> str:
+        """Of the weights as they were when this adapter was made (the edit's base)."""
+        return fingerprint({k: self._copies[k] for k in names})
+
+    def units(self) -> list[EditUnit]:
+        heads = self.granularity == "heads"
+        units: list[EditUnit] = []
+        if self.blocks in ("denoiser", "all"):
+            units += _tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES)
+        if self.blocks in ("text_encoder", "all"):
+            for prefix in self.text_prefix:
+                units += _tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
+                                      TEXT_MLP_LEAVES)
+        return units
+
+    def forward(self, op: str, *args: Any) -> torch.Tensor:
+        """Dispatch for `functional_call` (it can only call `forward`)."""
+        if op == "predict":
+            x, sigma, context = args
+            return self._base[0].apply_model(x, sigma, c_crossattn=context)
+        tokens, = args
+        return self._clip[0].cond_stage_model.encode_token_weights(tokens)[0]
+
+    def _call(self, params: Params, *args: Any) -> torch.Tensor:
+        return functional_call(self, {**self._copies, **params}, args)
+
+    def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
+        clip = self._clip[0]
+        if clip is None:
+            raise ValueError("text features need the CLIP: connect it to the node")
+        with out_of_place_clip_layers(self):
+            return torch.cat([self._call(params, "encode", clip.tokenize(p)) for p in prompts]).to(self.device)
+
+    def sigmas(self, t: torch.Tensor) -> torch.Tensor:
+        sampling = self._base[0].model_sampling
+        return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(v))) for v in t], device=self.device)
+
+    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context.to(self.device))
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigmas(t)
+        return self._base[0].model_sampling.noise_scaling(sigma, noise.to(self.device), x0.to(self.device))
+
+    def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0.to(self.device)  # apply_model predicts the denoised sample
+
+    def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return self._sampler(prompts, seeds).to(self.device)

@@ -1,0 +1,52 @@
+"""Forget sets typed by users, and the preview images."""
+import numpy as np
+import pytest
+import torch
+
+from razor_core import plots
+from razor_core.forget_set import from_text
+from razor_core.scoring import UnitScore
+
+
+def test_prompt_lines_become_aligned_forget_and_anchor_prompts():
+    fs = from_text(" neon ", "style", "a circle in {concept} style\n\n  a Neon star => a star  \n", "plain",
+                   "a circle in brick style\n\na star in dots style\n")
+    assert fs.concept == "neon"
+    assert fs.forget_prompts == ("a circle in neon style", "a neon star")
+    assert fs.anchor_prompts == ("a circle in plain style", "a star")
+    assert fs.retain_prompts == ("a circle in brick style", "a star in dots style")
+
+
+@pytest.mark.parametrize("concept, prompts, anchor, retain, message", [
+    ("", "a {concept}", "x", "y", "concept is empty"),
+    ("neon", "a circle in brick style", "plain", "y", "mentions neither"),
+    ("neon", "a {concept} star", "", "y", "no anchor"),
+    ("neon", "", "plain", "y", "no forget prompts"),
+    ("neon", "a {concept} star", "plain", "\n \n", "no retain prompts"),
+    ("neon", "a {concept} star", "plain", "a neon star", "both forget and retain"),
+])
+def test_bad_forget_sets_name_the_problem(concept, prompts, anchor, retain, message):
+    with pytest.raises(ValueError, match=message):
+        from_text(concept, "style", prompts, anchor, retain)
+
+
+def test_nan_images_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        from_text("neon", "style", "a {concept} star", "plain", "a star", torch.full((1, 3, 8, 8), float("nan")))
+
+
+def test_score_grid_puts_heads_in_columns_and_layers_in_column_zero():
+    scores = [UnitScore("t.attn.head0", 1, 0, 0.5), UnitScore("t.attn.head2", 1, 0, 2.0),
+              UnitScore("t.mlp.fc1", 1, 0, 0.1)]
+    rows, width, grid = plots.score_grid(scores)
+    assert rows == ["t.attn", "t.mlp.fc1"] and width == 3
+    assert grid[0, 0] == 0.5 and grid[0, 2] == 2.0 and np.isnan(grid[0, 1])
+    assert grid[1, 0] == 0.1 and np.isnan(grid[1, 1:]).all()
+
+
+def test_previews_are_rgb_images():
+    heat = plots.score_heatmap([UnitScore("t.attn.head0", 1, 0, 0.5), UnitScore("t.attn.head1", 1, 0, 0.0)],
+                               {"t.attn.head0"})
+    curve = plots.growth_curve([0.5, 0.9], [0.01, 0.02], 0.9, 0.05)
+    for image in (heat, curve):
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and image.std() > 0
