@@ -1,7 +1,7 @@
 """Train the MiniCanvas models (one-off; never part of tests or CI). Fixed seeds; writes weights + manifest.
 
     .venv/bin/python -m razor_core.minicanvas.train [--only tokenizer,clip,classifiers,denoiser]
-        [--denoiser-minutes 70]
+        [--denoiser-minutes 70] [--denoiser-resume] [--denoiser-lr 5e-4]
 
 Order matters: the tokenizer first, then CLIP stage 1, whose text tower is exported as the diffusion model's frozen
 text encoder (as CLIP-L is for SD1.5), then CLIP stage 2, the classifiers, and last the denoiser. Each stage seeds
@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(COMPONENTS), help="comma-separated subset of " + ",".join(COMPONENTS))
     parser.add_argument("--denoiser-minutes", type=float, default=75.0, help="wall-clock budget of the denoiser")
+    parser.add_argument("--denoiser-lr", type=float, default=5e-4, help="peak learning rate (lower it to refine a "
+                                                                        "resumed run)")
     parser.add_argument("--denoiser-resume", action="store_true", help="continue from the saved denoiser weights")
     args = parser.parse_args(argv)
     chosen = args.only.split(",")
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     if "classifiers" in chosen:
         train_classifiers()
     if "denoiser" in chosen:
-        train_denoiser(args.denoiser_minutes, resume=args.denoiser_resume)
+        train_denoiser(args.denoiser_minutes, lr=args.denoiser_lr, resume=args.denoiser_resume)
 
 
 if __name__ == "__main__":
