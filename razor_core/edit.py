@@ -34,7 +34,7 @@ def fingerprint(params: dict[str, torch.Tensor]) -> str:
     """sha256 over the names, shapes and exact bytes of the given base parameters."""
     digest = hashlib.sha256()
     for name in sorted(params):
-        t = params[name].detach().contiguous().cpu()
+        t = params[name].detach().contiguous().cpu().reshape(-1)  # 0-d tensors cannot be viewed as bytes
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

@@ -12,7 +12,9 @@ def test_pack_imports_without_comfyui():
                                                   submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
+    assert module.__all__ == []
+    # ComfyUI reads a pack with NODE_CLASS_MAPPINGS as V1 and then ignores comfy_entrypoint (V3), so never define it
+    assert not hasattr(module, "NODE_CLASS_MAPPINGS")
 
 
 def test_razor_core_never_imports_comfy():
