@@ -1,48 +1,26 @@
-"""The RAZOR nodes in a real ComfyUI server on the MiniCanvas demo model: the chain forgets a style (judged by the
-MiniCanvas classifiers), keeps the others, leaves the original MODEL/CLIP bit-identical, and the saved edit file
-re-applied by the stock LoRA loader draws the same images as Apply RAZOR Edit."""
+"""The shipped MiniCanvas workflows in a real ComfyUI server, converted from their UI JSON: the chains forget what
+they say (judged by the MiniCanvas classifiers) and keep the rest, the original MODEL/CLIP stay bit-identical, and
+the saved edit file re-applied by the stock LoRA loader draws the same images as Apply RAZOR Edit."""
 from __future__ import annotations
 
+import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tests.comfy_server import ComfyServer
+from tests.comfy_server import REPO_ROOT, ComfyServer, ui_workflow_to_api_prompt
 from tests.test_comfy_demo_model import judged
 
 BATCH = 8
+WORKFLOWS = REPO_ROOT / "workflows"
 RAZOR_NODES = ("RazorLoadForgetSet", "RazorScoreHeads", "RazorGrowEditSet", "RazorApplyEdit",
                "RazorSaveUnlearnedModel", "RazorFingerprint")
 
 
-def unlearn_graph(concept: str, kind: str = "style") -> dict:
-    """Loader -> forget set (MiniCanvas preset) -> scores -> growth -> apply -> save the edit."""
-    return {
-        "load": {"class_type": "RazorLoadMiniCanvas", "inputs": {}},
-        "fs": {"class_type": "RazorLoadForgetSet", "inputs": {
-            "concept": concept, "kind": kind, "preset": "MiniCanvas demo", "forget_prompts": "", "anchor": "",
-            "retain_prompts": ""}},
-        "latent": {"class_type": "EmptyChromaRadianceLatentImage", "inputs": {"width": 32, "height": 32,
-                                                                               "batch_size": 1}},
-        "score": {"class_type": "RazorScoreHeads", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["fs", 0], "latent": ["latent", 0],
-            "granularity": "heads", "blocks": "all", "seed": 0, "steps": 20, "cfg": 4.0, "sampler_name": "euler",
-            "scheduler": "simple"}},
-        "grow": {"class_type": "RazorGrowEditSet", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["fs", 0], "scores": ["score", 0],
-            "method": "razor", "max_initial_units": 3, "max_rounds": 3, "forget_target": 0.75,
-            "retain_tolerance": 0.05}},
-        "apply": {"class_type": "RazorApplyEdit", "inputs": {
-            "model": ["load", 0], "edit": ["grow", 0], "strength": 1.0, "clip": ["load", 1]}},
-        "save": {"class_type": "RazorSaveUnlearnedModel", "inputs": {
-            "edit": ["grow", 0], "format": "edit file", "filename_prefix": f"razor/test_{concept}"}},
-    }
-
-
-def add_sampling(graph: dict, tag: str, model: list, clip: list, prompt: str, seed: int = 1) -> str:
+def add_sampling(graph: dict, tag: str, model: list, clip: list, prompt: str, seed: int = 7,
+                 vae: list | None = None) -> str:
     """CLIPTextEncode -> KSampler -> VAEDecode -> SaveImage on the given MODEL/CLIP; returns the save node's id."""
     graph.update({
         f"{tag}_pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}},
@@ -53,26 +31,43 @@ def add_sampling(graph: dict, tag: str, model: list, clip: list, prompt: str, se
             "model": model, "positive": [f"{tag}_pos", 0], "negative": [f"{tag}_neg", 0],
             "latent_image": [f"{tag}_latent", 0], "seed": seed, "steps": 20, "cfg": 4.0, "sampler_name": "euler",
             "scheduler": "simple", "denoise": 1.0}},
-        f"{tag}_dec": {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_k", 0], "vae": ["load", 2]}},
+        f"{tag}_dec": {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_k", 0], "vae": vae or ["load", 2]}},
         f"{tag}_save": {"class_type": "SaveImage", "inputs": {"images": [f"{tag}_dec", 0],
                                                               "filename_prefix": f"razor/{tag}"}},
     })
     return f"{tag}_save"
 
 
+def workflow_prompt(server: ComfyServer, name: str) -> dict:
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    return ui_workflow_to_api_prompt(workflow, server.object_info())
+
+
+def node_of(prompt: dict, class_type: str) -> str:
+    return next(i for i, n in prompt.items() if n["class_type"] == class_type)
+
+
+def stitched_pairs(server: ComfyServer, prompt: dict, outputs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The before and after images behind a workflow's ImageStitch preview (top = before, bottom = after)."""
+    stitch = node_of(prompt, "ImageStitch")
+    preview = next(i for i, n in prompt.items() if n["class_type"] == "PreviewImage"
+                   and n["inputs"]["images"][0] == stitch)
+    pairs = server.images(outputs[preview])
+    return pairs[:, :32], pairs[:, -32:]
+
+
 @pytest.fixture(scope="module")
 def neon_run(comfy_server: ComfyServer) -> dict:
-    graph = unlearn_graph("neon")
-    saves = {
-        "before": add_sampling(graph, "before", ["load", 0], ["load", 1], "a star in neon style"),
-        "after": add_sampling(graph, "after", ["apply", 0], ["apply", 1], "a star in neon style"),
-        "kept": add_sampling(graph, "kept", ["apply", 0], ["apply", 1], "a heart in brick style"),
-        "kept_before": add_sampling(graph, "kept_before", ["load", 0], ["load", 1], "a heart in brick style"),
-    }
+    """The shipped style workflow, plus a retained prompt sampled before and after."""
+    prompt = workflow_prompt(comfy_server, "minicanvas_remove_style")
+    load, apply = node_of(prompt, "RazorLoadMiniCanvas"), node_of(prompt, "RazorApplyEdit")
+    graph = {k: v for k, v in prompt.items()}
+    kept = add_sampling(graph, "kept", [apply, 0], [apply, 1], "a heart in brick style", vae=[load, 2])
     fingerprint_before = comfy_server.run(fingerprint_graph("before"))["fp"]["text"][0]
     outputs = comfy_server.run(graph, timeout=600)
-    images = {name: comfy_server.images(outputs[node]) for name, node in saves.items()}
-    return {"outputs": outputs, "images": images, "fingerprint_before": fingerprint_before}
+    before, after = stitched_pairs(comfy_server, prompt, outputs)
+    return {"prompt": prompt, "outputs": outputs, "fingerprint_before": fingerprint_before,
+            "images": {"before": before, "after": after, "kept": comfy_server.images(outputs[kept])}}
 
 
 def test_every_razor_node_is_documented(comfy_server: ComfyServer):
@@ -87,7 +82,7 @@ def test_every_razor_node_is_documented(comfy_server: ComfyServer):
         assert all(definition["output_tooltips"])
 
 
-def test_the_chain_forgets_the_style_and_keeps_the_others(neon_run: dict):
+def test_the_style_workflow_forgets_neon_and_keeps_the_rest(neon_run: dict):
     images = neon_run["images"]
     before_styles, _ = judged(images["before"])
     after_styles, after_objects = judged(images["after"])
@@ -96,35 +91,49 @@ def test_the_chain_forgets_the_style_and_keeps_the_others(neon_run: dict):
     assert after_styles.count("neon") <= 1, after_styles          # forgotten
     assert after_objects.count("star") >= 6, after_objects        # the object is still drawn
     assert kept_styles.count("brick") >= 7 and kept_objects.count("heart") >= 6  # retained
-    assert not np.array_equal(images["before"], images["after"])
 
 
 def test_previews_and_report_reach_the_history(neon_run: dict, comfy_server: ComfyServer):
-    outputs = neon_run["outputs"]
-    heat = comfy_server.images(outputs["score"])
-    curve = comfy_server.images(outputs["grow"])
+    prompt, outputs = neon_run["prompt"], neon_run["outputs"]
+    heat = comfy_server.images(outputs[node_of(prompt, "RazorScoreHeads")])
+    curve = comfy_server.images(outputs[node_of(prompt, "RazorGrowEditSet")])
     assert heat.shape[0] == 1 and heat.shape[1] > 100 and curve.shape[0] == 1
-    assert "saved razor/test_neon_00001_.safetensors" in outputs["save"]["text"][0]
+    report = outputs[node_of(prompt, "PreviewAny")]["text"][0]
+    assert "forgot 'neon'" in report and "edited units:" in report
+    assert "saved razor/neon_00001_.safetensors" in outputs[node_of(prompt, "RazorSaveUnlearnedModel")]["text"][0]
 
 
-def test_edit_file_through_the_stock_lora_loader_draws_the_same_images(neon_run: dict,
-                                                                       comfy_server: ComfyServer):
-    saved = comfy_server.base_dir / "output" / "razor" / "test_neon_00001_.safetensors"
-    with safe_open(str(saved), framework="pt") as fh:
-        keys = list(fh.keys())
-        assert fh.metadata()["razor.concept"] == "style:neon"
-    assert keys and all(k.endswith((".diff", ".diff_b")) for k in keys)
+def test_the_other_workflows_run_and_do_what_they_say(neon_run: dict, comfy_server: ComfyServer):
     loras = comfy_server.base_dir / "models" / "loras"
     loras.mkdir(parents=True, exist_ok=True)
-    shutil.copy(saved, loras / "neon_edit.safetensors")
-    graph = {"load": {"class_type": "RazorLoadMiniCanvas", "inputs": {}},
-             "lora": {"class_type": "LoraLoader", "inputs": {
-                 "model": ["load", 0], "clip": ["load", 1], "lora_name": "neon_edit.safetensors",
-                 "strength_model": 1.0, "strength_clip": 1.0}}}
-    save = add_sampling(graph, "lora", ["lora", 0], ["lora", 1], "a star in neon style")
-    via_lora = comfy_server.images(comfy_server.run(graph)[save])
-    difference = np.abs(via_lora.astype(int) - neon_run["images"]["after"].astype(int)).max()
-    assert difference <= 1, f"stock LoRA loader and Apply RAZOR Edit differ by {difference}/255"
+    shutil.copy(comfy_server.base_dir / "output" / "razor" / "neon_00001_.safetensors",
+                loras / "razor_neon_edit.safetensors")
+    expectations = {  # workflow: (judge style or object, the concept, the prompt's other concept)
+        "minicanvas_remove_object": ("object", "star", "sunset"),
+        "minicanvas_clip_text_only": ("style", "dots", "heart"),
+        "minicanvas_reapply_saved_edit": ("style", "neon", "star"),
+    }
+    for name, (domain, concept, other) in expectations.items():
+        prompt = workflow_prompt(comfy_server, name)
+        before, after = stitched_pairs(comfy_server, prompt, comfy_server.run(prompt, timeout=600))
+        (b_styles, b_objects), (a_styles, a_objects) = judged(before), judged(after)
+        forgotten_before, forgotten_after = (b_styles, a_styles) if domain == "style" else (b_objects, a_objects)
+        kept_after = a_objects if domain == "style" else a_styles
+        assert forgotten_before.count(concept) >= 6, (name, forgotten_before)
+        assert forgotten_after.count(concept) <= 1, (name, forgotten_after)
+        assert kept_after.count(other) >= 6, (name, kept_after)
+        if name == "minicanvas_reapply_saved_edit":  # the stock LoRA loader reproduces Apply RAZOR Edit
+            assert np.abs(after.astype(int) - neon_run["images"]["after"].astype(int)).max() <= 1
+
+
+def test_the_edit_file_holds_lora_diff_keys_and_metadata(neon_run: dict, comfy_server: ComfyServer):
+    saved = comfy_server.base_dir / "output" / "razor" / "neon_00001_.safetensors"
+    with safe_open(str(saved), framework="pt") as fh:
+        keys = list(fh.keys())
+        meta = fh.metadata()
+    assert keys and all(k.endswith((".diff", ".diff_b")) for k in keys)
+    assert all(k.startswith(("diffusion_model.", "text_encoders.clip_l.")) for k in keys)
+    assert meta["razor.concept"] == "style:neon" and meta["razor.pack_version"]
 
 
 def fingerprint_graph(label: str) -> dict:
@@ -140,12 +149,13 @@ def test_the_original_model_and_clip_stay_bit_identical(neon_run: dict, comfy_se
 
 
 def test_scores_from_another_model_are_refused(neon_run: dict, comfy_server: ComfyServer):
-    graph = unlearn_graph("neon")  # the same scoring as the first run: ComfyUI serves it from its cache
+    prompt = workflow_prompt(comfy_server, "minicanvas_remove_style")  # cached: the scores are not recomputed
+    load, grow = node_of(prompt, "RazorLoadMiniCanvas"), node_of(prompt, "RazorGrowEditSet")
+    graph = {k: v for k, v in prompt.items() if k in (load, grow) or v["class_type"] in (
+        "RazorLoadForgetSet", "RazorScoreHeads", "EmptyChromaRadianceLatentImage")}
     graph["other"] = {"class_type": "ModelSamplingDiscrete", "inputs": {
-        "model": ["load", 0], "sampling": "eps", "zsnr": False}}
-    graph["grow"]["inputs"]["model"] = ["other", 0]
-    for node in ("apply", "save"):
-        del graph[node]
-    graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["grow", 1]}}
+        "model": [load, 0], "sampling": "eps", "zsnr": False}}
+    graph[grow]["inputs"]["model"] = ["other", 0]
+    graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": [grow, 1]}}
     with pytest.raises(Exception, match="another MODEL"):
         comfy_server.run(graph, timeout=600)

@@ -1,0 +1,235 @@
+"""Write the MiniCanvas example workflows (UI format, what the frontend saves) and their thumbnails.
+
+    .venv/bin/python scripts/build_workflows.py
+
+The graphs are described once here, laid out in columns by depth, and written as workflows/<name>.json. Each
+thumbnail is the workflow's own before/after preview: the script runs every workflow through a real ComfyUI server
+(tests/comfy_server.py) and saves the stitched images, enlarged, as workflows/<name>.jpg.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.comfy_server import ComfyServer, start_server, ui_workflow_to_api_prompt  # noqa: E402
+
+WORKFLOWS = REPO / "workflows"
+REAPPLIED_EDIT = "razor_neon_edit.safetensors"
+
+# Output sockets (name, type) of every node type used here.
+OUTPUTS = {
+    "RazorLoadMiniCanvas": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "RazorLoadForgetSet": [("FORGET_SET", "FORGET_SET")],
+    "RazorScoreHeads": [("RAZOR_SCORES", "RAZOR_SCORES"), ("heatmap", "IMAGE")],
+    "RazorGrowEditSet": [("RAZOR_EDIT", "RAZOR_EDIT"), ("growth", "IMAGE"), ("report", "STRING")],
+    "RazorApplyEdit": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "RazorSaveUnlearnedModel": [("path", "STRING")],
+    "LoraLoader": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "EmptyChromaRadianceLatentImage": [("LATENT", "LATENT")],
+    "KSampler": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "ImageStitch": [("IMAGE", "IMAGE")],
+    "PreviewImage": [], "PreviewAny": [], "MarkdownNote": [],
+}
+
+
+@dataclass
+class Node:
+    type: str
+    widgets: list = field(default_factory=list)
+    links: dict = field(default_factory=dict)   # input name -> (source key, output slot)
+    title: str | None = None
+
+
+def sampling(graph: dict, tag: str, model: tuple, clip: tuple, prompt: str, seed: int = 7) -> str:
+    """Prompt -> KSampler -> VAE Decode on the given MODEL/CLIP; returns the decode node's key."""
+    graph[f"{tag}_pos"] = Node("CLIPTextEncode", [prompt], {"clip": clip}, f"{tag}: prompt")
+    graph[f"{tag}_neg"] = Node("CLIPTextEncode", [""], {"clip": clip}, f"{tag}: negative")
+    graph[f"{tag}_latent"] = Node("EmptyChromaRadianceLatentImage", [32, 32, 8])
+    graph[f"{tag}_k"] = Node("KSampler", [seed, "fixed", 20, 4.0, "euler", "simple", 1.0],
+                             {"model": model, "positive": (f"{tag}_pos", 0), "negative": (f"{tag}_neg", 0),
+                              "latent_image": (f"{tag}_latent", 0)}, f"KSampler ({tag})")
+    graph[f"{tag}_img"] = Node("VAEDecode", [], {"samples": (f"{tag}_k", 0), "vae": ("load", 2)})
+    return f"{tag}_img"
+
+
+def before_after(graph: dict, prompt: str, edited_model: tuple, edited_clip: tuple, seed: int = 7) -> None:
+    before = sampling(graph, "before", ("load", 0), ("load", 1), prompt, seed)
+    after = sampling(graph, "after", edited_model, edited_clip, prompt, seed)
+    graph["stitch"] = Node("ImageStitch", ["down", True, 4, "white"], {"image1": (before, 0), "image2": (after, 0)},
+                           "before (top) / after (bottom)")
+    graph["preview"] = Node("PreviewImage", [], {"images": ("stitch", 0)}, "before / after")
+
+
+def unlearning(concept: str, kind: str, blocks: str = "all", save_prefix: str | None = None) -> dict:
+    graph = {
+        "load": Node("RazorLoadMiniCanvas"),
+        "forget": Node("RazorLoadForgetSet", [concept, kind, "MiniCanvas demo", "", "", ""]),
+        "score_latent": Node("EmptyChromaRadianceLatentImage", [32, 32, 1], title="image size for self-generation"),
+        "score": Node("RazorScoreHeads", ["heads", blocks, 0, "fixed", 20, 4.0, "euler", "simple"],
+                      {"model": ("load", 0), "clip": ("load", 1), "forget_set": ("forget", 0),
+                       "latent": ("score_latent", 0)}),
+        "grow": Node("RazorGrowEditSet", ["razor", 3, 6, 0.9, 0.05],
+                     {"model": ("load", 0), "clip": ("load", 1), "forget_set": ("forget", 0),
+                      "scores": ("score", 0)}),
+        "apply": Node("RazorApplyEdit", [1.0], {"model": ("load", 0), "edit": ("grow", 0), "clip": ("load", 1)}),
+        "report": Node("PreviewAny", [], {"source": ("grow", 2)}, "report"),
+    }
+    if save_prefix:
+        graph["save"] = Node("RazorSaveUnlearnedModel", ["edit file", save_prefix], {"edit": ("grow", 0)})
+    return graph
+
+
+def note(text: str) -> Node:
+    return Node("MarkdownNote", [text], title="Read me")
+
+
+STYLE_NOTE = """## Remove a style: neon, from the MiniCanvas demo model
+
+1. **Load Forget Set**: the concept to forget (*neon*), its kind, and where the prompts come from. The preset
+   *MiniCanvas demo* writes the forget prompts (every object in neon), their anchors (the object alone) and the retain
+   prompts (every other style). For your own model choose *custom* and type them (`{concept}` stands for the concept).
+2. **Score Heads**: the model draws its own forget/retain images at the latent's size, then every attention head
+   and MLP is scored (heat-map: rows = modules, columns = heads; the first edit set is outlined).
+3. **Grow Edit Set**: one regularised step on the best heads, growing the set until the concept is gone
+   (*forget_target*) without moving the retain prompts more than *retain_tolerance*. Report and growth curve shown.
+4. **Apply RAZOR Edit**: patched copies of MODEL/CLIP; the originals stay untouched, so both are sampled below
+   with the same seed: **top = before, bottom = after**.
+5. **Save Unlearned Model** writes the edit file to `output/razor/` (re-apply it with the stock LoRA loader).
+
+Try another style (brick, grass, gravel, stripes, dots, sunset, checker) in Load Forget Set and in the prompts.
+A run takes well under a minute on a CPU."""
+
+OBJECT_NOTE = """## Remove an object: star, from the MiniCanvas demo model
+
+The same chain as the style workflow with **kind = object**: the forget prompts draw a star in every style, the
+anchors name the style alone, the retain prompts every other object. **Top = before, bottom = after** (same seed):
+the sunset style stays, the star goes. Other objects: circle, square, triangle, cross, ring, heart, crescent."""
+
+REAPPLY_NOTE = """## Re-apply a saved edit with the stock LoRA loader
+
+**Save Unlearned Model** (format *edit file*) writes a safetensors file of exact weight differences
+(`<key>.diff`, `.diff_b`) plus RAZOR metadata. ComfyUI's stock **Load LoRA** applies it exactly:
+
+1. Copy `output/razor/neon_00001_.safetensors` (from the style workflow) to `models/loras/razor_neon_edit.safetensors`
+   (or pick your file in the loader).
+2. Keep both strengths at 1.0 (0 = the original model, 1 = the edit as computed).
+
+**Top = the original model, bottom = through the LoRA loader** (same seed)."""
+
+CLIP_NOTE = """## Text-encoder-only edit: forget *dots* in the CLIP
+
+**Score Heads** with *blocks = text_encoder* scores and edits only the CLIP's heads and MLPs; the denoiser is not
+touched. The edit then travels with the CLIP: Apply RAZOR Edit patches the CLIP, and the unchanged MODEL draws
+from the edited prompt features. **Top = before, bottom = after** (same seed)."""
+
+
+def graphs() -> dict[str, dict]:
+    style = unlearning("neon", "style", save_prefix="razor/neon")
+    before_after(style, "a star in neon style", ("apply", 0), ("apply", 1))
+    style["note"] = note(STYLE_NOTE)
+
+    obj = unlearning("star", "object", save_prefix="razor/star")
+    before_after(obj, "a star in sunset style", ("apply", 0), ("apply", 1))
+    obj["note"] = note(OBJECT_NOTE)
+
+    reapply = {"load": Node("RazorLoadMiniCanvas"),
+               "lora": Node("LoraLoader", [REAPPLIED_EDIT, 1.0, 1.0], {"model": ("load", 0), "clip": ("load", 1)}),
+               "note": note(REAPPLY_NOTE)}
+    before_after(reapply, "a star in neon style", ("lora", 0), ("lora", 1))
+
+    clip_only = unlearning("dots", "style", blocks="text_encoder", save_prefix="razor/dots_clip")
+    before_after(clip_only, "a heart in dots style", ("load", 0), ("apply", 1))
+    clip_only["note"] = note(CLIP_NOTE)
+    return {"minicanvas_remove_style": style, "minicanvas_remove_object": obj,
+            "minicanvas_reapply_saved_edit": reapply, "minicanvas_clip_text_only": clip_only}
+
+
+def _depths(graph: dict[str, Node]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(key: str) -> int:
+        if key not in depth:
+            depth[key] = 1 + max((visit(src) for src, _ in graph[key].links.values()), default=-1)
+        return depth[key]
+    for key in graph:
+        visit(key)
+    return depth
+
+
+def to_ui(graph: dict[str, Node]) -> dict:
+    """UI-format workflow: nodes with positions, sockets and positional widget values; links by id."""
+    ids = {key: i + 1 for i, key in enumerate(graph)}
+    depth = _depths(graph)
+    rows: dict[int, int] = {}
+    links, nodes = [], []
+    outgoing: dict[tuple[str, int], list[int]] = {}
+    for key, node in graph.items():
+        for name, (src, slot) in node.links.items():
+            link_id = len(links) + 1
+            links.append([link_id, ids[src], slot, ids[key], list(node.links).index(name),
+                          OUTPUTS[graph[src].type][slot][1]])
+            outgoing.setdefault((src, slot), []).append(link_id)
+    link_ids = iter(range(1, len(links) + 1))
+    for key, node in graph.items():
+        column = depth[key] if node.type != "MarkdownNote" else 0
+        row = rows.get(column, 0)
+        size = [420, 520] if node.type == "MarkdownNote" else [300, 150]
+        rows[column] = row + size[1] + 40
+        inputs = []
+        for name in node.links:
+            src, slot = node.links[name]
+            inputs.append({"name": name, "type": OUTPUTS[graph[src].type][slot][1], "link": next(link_ids)})
+        outputs = [{"name": n, "type": t, "links": outgoing.get((key, s), []), "slot_index": s}
+                   for s, (n, t) in enumerate(OUTPUTS[node.type])]
+        entry = {"id": ids[key], "type": node.type, "pos": [40 + 360 * column, 40 + row], "size": size,
+                 "flags": {}, "order": depth[key], "mode": 0, "inputs": inputs, "outputs": outputs,
+                 "properties": {"Node name for S&R": node.type}, "widgets_values": node.widgets}
+        if node.title:
+            entry["title"] = node.title
+        nodes.append(entry)
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([n["type"] for n in nodes]))), "revision": 0,
+            "last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
+            "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def thumbnail(server: ComfyServer, workflow: dict, path: Path, pairs: int = 4, scale: int = 3) -> None:
+    """The first `pairs` before/after columns of the workflow's own preview, side by side, enlarged."""
+    prompt = ui_workflow_to_api_prompt(workflow, server.object_info())
+    preview = next(i for i, n in prompt.items() if n["class_type"] == "PreviewImage"
+                   and prompt[n["inputs"]["images"][0]]["class_type"] == "ImageStitch")
+    images = server.images(server.run(prompt, timeout=900)[preview])[:pairs]
+    strip = Image.fromarray(np.concatenate(list(images), axis=1))
+    strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST).save(path, quality=92)
+
+
+def main() -> None:
+    built = {name: to_ui(graph) for name, graph in graphs().items()}
+    for name, workflow in built.items():
+        (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+    server = start_server(Path(tempfile.mkdtemp(prefix="razor_workflows_")))
+    try:
+        for name in ("minicanvas_remove_style", "minicanvas_remove_object", "minicanvas_clip_text_only"):
+            thumbnail(server, built[name], WORKFLOWS / f"{name}.jpg")
+        loras = server.base_dir / "models" / "loras"
+        loras.mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.base_dir / "output" / "razor" / "neon_00001_.safetensors", loras / REAPPLIED_EDIT)
+        thumbnail(server, built["minicanvas_reapply_saved_edit"], WORKFLOWS / "minicanvas_reapply_saved_edit.jpg")
+    finally:
+        server.stop()
+    print("wrote", ", ".join(sorted(built)))
+
+
+if __name__ == "__main__":
+    main()
