@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+import comfy.sample
 import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
@@ -27,6 +28,21 @@ DEFAULT_RETAIN = "a painting in impressionist style\na portrait in cubist style\
 def _images_to_model_range(images: torch.Tensor | None) -> torch.Tensor | None:
     """IMAGE (B, H, W, 3) in [0, 1] -> (B, 3, H, W) in [-1, 1] (only pixel-space models can use them directly)."""
     return None if images is None else images.movedim(-1, 1).clone() * 2.0 - 1.0
+
+
+def _check_images_fit(model: Any, forget_set, latent: dict) -> None:
+    """Forget images are used as the model's clean samples, so they must have the latent's shape: true for
+    pixel-space models (MiniCanvas), not for latent models such as SD1.5 (4 x H/8 x W/8), which would otherwise
+    fail deep inside the UNet."""
+    if forget_set.images is None:
+        return
+    expected = tuple(comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1]).shape[1:])
+    got = tuple(forget_set.images.shape[1:])
+    if got != expected:
+        raise ValueError(f"the forget set's images are {got[0]}x{got[1]}x{got[2]} pixels, but this model works on "
+                         f"{expected[0]}x{expected[1]}x{expected[2]} latents: images can only be used with "
+                         "pixel-space models of that size. Disconnect the images from Load Forget Set (the model "
+                         "then draws its own), or resize them to the latent's size for a pixel-space model")
 
 
 class RazorLoadForgetSet(io.ComfyNode):
@@ -119,6 +135,7 @@ class RazorScoreHeads(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, clip: Any, forget_set, latent: dict, granularity: str, blocks: str, seed: int,
                 steps: int, cfg: float, sampler_name: str, scheduler: str) -> io.NodeOutput:
+        _check_images_fit(model, forget_set, latent)
         progress = progress_reporter(2)
         with gradients_allowed():
             load(model, clip)
@@ -157,7 +174,7 @@ class RazorGrowEditSet(io.ComfyNode):
                     "At most this many units in the first round (those scoring at least half the best).")),
                 io.Int.Input("max_rounds", default=6, min=1, max=32, tooltip=(
                     "Round budget: each round adds one unit and takes one step.")),
-                io.Float.Input("forget_target", default=0.9, min=0.05, max=1.0, step=0.01, tooltip=(
+                io.Float.Input("forget_target", default=0.8, min=0.05, max=1.0, step=0.01, tooltip=(
                     "Stop once forget progress reaches this (0: untouched, ~0.75: the concept prompt draws like "
                     "the anchor, 1: fully past it).")),
                 io.Float.Input("retain_tolerance", default=0.05, min=0.001, max=1.0, step=0.001, tooltip=(

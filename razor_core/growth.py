@@ -24,7 +24,7 @@ from .scoring import UnitScore, pareto_front, score_units
 from .update import StepWeights, add, directions, search_step, step_delta
 from .units import EditUnit
 
-STALL = 1e-3  # a round that improves forget progress by less than this ends the growth
+STALL = 0.01  # a round that improves forget progress by less than this ends the growth
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class RazorConfig:
     threshold: float = 0.5            # τ, relative to the best score, for the initial set
     max_initial_units: int = 3
     max_rounds: int = 6
-    forget_target: float = 0.9        # forget progress (validation) that ends the growth
+    forget_target: float = 0.8        # forget progress (validation) that ends the growth (0.75 ≈ draws like the anchor)
     drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
     retain_sketch: int = 0            # random retain-output projections to keep steps orthogonal to (0: off)
     precondition: bool = True         # shape steps by the edited layers' retain inputs (see preconditioner.py)

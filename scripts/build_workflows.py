@@ -80,7 +80,7 @@ def unlearning(concept: str, kind: str, blocks: str = "all", save_prefix: str | 
         "score": Node("RazorScoreHeads", ["heads", blocks, 0, "fixed", 20, 4.0, "euler", "simple"],
                       {"model": ("load", 0), "clip": ("load", 1), "forget_set": ("forget", 0),
                        "latent": ("score_latent", 0)}),
-        "grow": Node("RazorGrowEditSet", ["razor", 3, 6, 0.9, 0.05],
+        "grow": Node("RazorGrowEditSet", ["razor", 3, 6, 0.8, 0.05],
                      {"model": ("load", 0), "clip": ("load", 1), "forget_set": ("forget", 0),
                       "scores": ("score", 0)}),
         "apply": Node("RazorApplyEdit", [1.0], {"model": ("load", 0), "edit": ("grow", 0), "clip": ("load", 1)}),
