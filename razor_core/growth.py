@@ -160,7 +160,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         tried = []
         for edit_set in candidates:
             dirs = directions(edit_set, grads, weights, _preconditioner(objective, edit_set, current, config))
-            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance)))
+            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
+                                                      refine=[added] if added else None)))
         edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():

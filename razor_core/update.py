@@ -98,7 +98,9 @@ class _Prober:
 
 def search_step(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
                 drift_tolerance: float, start: float = 0.002, max_scale: float = 1.0, bisections: int = 4,
-                per_unit: bool = True) -> SearchResult:
+                refine: list[str] | None = None) -> SearchResult:
+    """`refine`: the units whose own η_u is tried at ×2 and ×½ (default: all; growth rounds pass only the unit just
+    added, since the others were refined when they joined)."""
     probe = _Prober(objective, params, units, dirs, drift_tolerance)
     d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
     if d_norm == 0.0:
@@ -128,8 +130,9 @@ def search_step(objective: Objective, params: Params, units: list[EditUnit], dir
         else:
             hi = mid
     etas = etas_for(best_scale)
-    if best is not None and per_unit and len(units) > 1:
-        for unit in units:  # each unit's own step: try twice and half as large
+    refine = [u.name for u in units] if refine is None else refine
+    if best is not None and len(units) > 1:
+        for unit in (u for u in units if u.name in refine):  # each unit's own step: try twice and half as large
             for factor in (2.0, 0.5):
                 trial = {**etas, unit.name: etas[unit.name] * factor}
                 v = probe(trial)
