@@ -68,7 +68,10 @@ def gradients_allowed() -> Iterator[None]:
 
 def comfy_sampler(model: Any, clip: Any, latent: dict, steps: int, cfg: float, sampler_name: str,
                   scheduler: str) -> Callable[[list[str], list[int]], torch.Tensor]:
-    """prompts, seeds -> latents, sampled by ComfyUI itself (what KSampler does, one prompt and seed at a time)."""
+    """prompts, seeds -> latents, sampled by ComfyUI itself (what KSampler does, one prompt and seed at a time).
+
+    KSampler returns latents in the VAE's space (`process_latent_out`: SD1.5's are the model's divided by 0.18215);
+    the objective noises them as the model sees them, so they go back through `process_latent_in`."""
     template = comfy.sample.fix_empty_latent_channels(model, latent["samples"][:1])
 
     def encode(prompt: str) -> list:
@@ -86,7 +89,7 @@ def comfy_sampler(model: Any, clip: Any, latent: dict, steps: int, cfg: float, s
                 noise = comfy.sample.prepare_noise(empty, seed)
                 out.append(comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative,
                                                empty, seed=seed, disable_pbar=True))
-        return torch.cat(out).float()
+            return model.model.process_latent_in(torch.cat(out).float())
     return sample
 
 

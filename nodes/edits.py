@@ -135,14 +135,28 @@ class RazorSaveUnlearnedModel(io.ComfyNode):
         return io.NodeOutput(relative, ui=ui.PreviewText(f"saved {relative} in the output folder"))
 
 
+def _clip_weights(model: Any, clip: Any) -> dict[str, torch.Tensor]:
+    """The CLIP's weights as a checkpoint of this model holds them (the model's own save rules). SD1.5 files carry no
+    CLIP-L text_projection, so ComfyUI leaves that unused weight uninitialised, different memory on every load; the
+    save rules drop it, and so two loads of one file get one fingerprint."""
+    weights = clip.cond_stage_model.state_dict()
+    config = getattr(model.model, "model_config", None)
+    if config is None:
+        return weights
+    try:
+        return config.process_clip_state_dict_for_saving(dict(weights))
+    except KeyError:  # a CLIP of another family than the MODEL: its weights as they are
+        return weights
+
+
 class RazorFingerprint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="RazorFingerprint", display_name="Model Fingerprint", category=CATEGORY,
-            description=("sha256 over every weight of a MODEL (and CLIP) as ComfyUI loads it, patches included: "
-                         "proof that an original model is unchanged after unlearning, or that two models are the "
-                         "same."),
+            description=("sha256 over every weight of a MODEL (and CLIP) as ComfyUI loads it, patches included "
+                         "(the CLIP as a checkpoint would store it): proof that an original model is unchanged after "
+                         "unlearning, or that two models are the same."),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to fingerprint."),
                 io.Clip.Input("clip", optional=True, tooltip="Its CLIP, fingerprinted together with it."),
@@ -158,7 +172,7 @@ class RazorFingerprint(io.ComfyNode):
         load(model, clip)
         weights = {f"model.{k}": v for k, v in model.model.state_dict().items()}
         if clip is not None:
-            weights.update({f"clip.{k}": v for k, v in clip.cond_stage_model.state_dict().items()})
+            weights.update({f"clip.{k}": v for k, v in _clip_weights(model, clip).items()})
         digest = fingerprint(weights)
         return io.NodeOutput(digest, ui=ui.PreviewText(digest))
 

@@ -85,13 +85,21 @@ class ComfyDiffusion(_UnitModel):
         self.requires_grad_(False)
         with torch.inference_mode(False):  # ordinary copies of every weight the forwards use (see module doc)
             self._copies = {k: v.clone() for k, v in self.named_parameters()}
+        self._owners = {k: self.get_submodule(k.rsplit(".", 1)[0]) for k in self._copies}
+        self._theta0: dict[str, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
         return next(iter(self._copies.values())).device
 
     def base_params(self, units: list[EditUnit]) -> Params:
-        return {p: self._copies[p] for u in units for p in u.params}
+        """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16, whose gradients,
+        scores and small steps would lose most of their precision (a step below half an fp16 ulp vanishes)."""
+        for p in (p for u in units for p in u.params):
+            if p not in self._theta0:
+                w = self._copies[p]
+                self._theta0[p] = w.float() if w.is_floating_point() and w.element_size() < 4 else w
+        return {p: self._theta0[p] for u in units for p in u.params}
 
     def fingerprint(self, names: list[str]) -> str:
         """Of the weights as they were when this adapter was made (the edit's base)."""
@@ -116,13 +124,28 @@ class ComfyDiffusion(_UnitModel):
         tokens, = args
         return self._clip[0].cond_stage_model.encode_token_weights(tokens)[0]
 
+    def _as_module_dtype(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """A candidate parameter in the dtype its layer computes with. ComfyUI's manual-cast layers (its text
+        encoders, always) cast the weight to the input's dtype themselves, so they take the float32 value as it is
+        and its gradient stays float32; plain layers need their own dtype (differentiable cast)."""
+        dtype = self._copies[name].dtype
+        if value.dtype == dtype or getattr(self._owners[name], "comfy_cast_weights", False):
+            return value
+        return value.to(dtype)
+
     def _call(self, params: Params, *args: Any) -> torch.Tensor:
-        return functional_call(self, {**self._copies, **params}, args)
+        overrides = {k: self._as_module_dtype(k, v) for k, v in params.items()}
+        return functional_call(self, {**self._copies, **overrides}, args)
 
     def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
         clip = self._clip[0]
         if clip is None:
             raise ValueError("text features need the CLIP: connect it to the node")
+        # The CLIP's own layer choice (CLIPSetLastLayer, "clip skip"), as `CLIP.encode_from_tokens` applies it, so
+        # the losses see the conditioning the sampler sees.
+        clip.cond_stage_model.reset_clip_options()
+        if getattr(clip, "layer_idx", None) is not None:
+            clip.cond_stage_model.set_clip_options({"layer": clip.layer_idx})
         with out_of_place_clip_layers(self):
             return torch.cat([self._call(params, "encode", clip.tokenize(p)) for p in prompts]).to(self.device)
 

@@ -1,0 +1,277 @@
+"""The SD1.5 path in a real ComfyUI server, on CPU: workflows/sd15_remove_style.json (made for GPU users with a real
+SD1.5 checkpoint) runs on a tiny random checkpoint that the stock Load Checkpoint detects as SD1.5 (tests/tiny_sd15.py:
+SD1.5's UNet cut to one level, full CLIP-L and SD VAE, all random).
+
+Random weights know no Van Gogh, so these tests check mechanics, not forgetting: the workflow runs as shipped (only
+shrunk for CPU: 64x64 images, 4 steps, two forget and two retain prompts, two rounds), the edit changes only
+existing weights and only inside the units it names, the edited model draws other images, the original MODEL/CLIP stay
+bit-identical, and both saved formats (full checkpoint through the stock Load Checkpoint, edit file through the stock
+Load LoRA) reproduce Apply RAZOR Edit's samples exactly (tolerance 0: same latents, same PNGs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.comfy_server import REPO_ROOT, ComfyError, ComfyServer, ui_workflow_to_api_prompt
+from tests.tiny_sd15 import CLIP, UNET, write_tiny_sd15_checkpoint
+
+WORKFLOW = REPO_ROOT / "workflows" / "sd15_remove_style.json"
+CKPT = "v1-5-pruned-emaonly.safetensors"            # the name the workflow asks for
+ROUNDTRIP_CKPT = "razor_sd15_unlearned.safetensors"   # the saved full checkpoint, copied into models/checkpoints
+ROUNDTRIP_LORA = "razor_sd15_edit.safetensors"        # the saved edit file, copied into models/loras
+EDIT_PREFIX, FULL_PREFIX = "razor/sd15_test_edit", "razor/sd15_test_full"
+SIZE, STEPS = 64, 4
+
+
+def _ids(prompt: dict, class_type: str) -> list[str]:
+    return [k for k, n in prompt.items() if n["class_type"] == class_type]
+
+
+def _one(prompt: dict, class_type: str) -> str:
+    ids = _ids(prompt, class_type)
+    assert len(ids) == 1, f"expected one {class_type} in the workflow, found {ids}"
+    return ids[0]
+
+
+def _first_lines(text: str, n: int) -> str:
+    return "\n".join([line for line in text.splitlines() if line.strip()][:n])
+
+
+def cpu_prompt(server: ComfyServer) -> dict:
+    """The shipped workflow as an API prompt, shrunk for two CPU cores (the workflow file itself is unchanged)."""
+    prompt = ui_workflow_to_api_prompt(json.loads(WORKFLOW.read_text()), server.object_info())
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "EmptyLatentImage":
+            inputs.update(width=SIZE, height=SIZE, batch_size=1)
+        elif kind in ("KSampler", "RazorScoreHeads"):
+            inputs["steps"] = STEPS
+        elif kind == "RazorLoadForgetSet":
+            inputs["forget_prompts"] = _first_lines(inputs["forget_prompts"], 2)
+            inputs["retain_prompts"] = _first_lines(inputs["retain_prompts"], 2)
+        elif kind == "RazorGrowEditSet":
+            inputs["max_rounds"] = 2  # one step and one growth round
+        elif kind == "RazorSaveUnlearnedModel":
+            inputs["filename_prefix"] = EDIT_PREFIX
+    return prompt
+
+
+def sampler_chain(prompt: dict) -> dict[str, dict]:
+    """{'original'|'unlearned': {'sampler': id, 'decode': id}}: the two KSampler -> VAEDecode chains, told apart by
+    the MODEL they sample (the loader's, or Apply RAZOR Edit's)."""
+    load, apply = _one(prompt, "CheckpointLoaderSimple"), _one(prompt, "RazorApplyEdit")
+    chains = {}
+    for k in _ids(prompt, "KSampler"):
+        source = prompt[k]["inputs"]["model"][0]
+        decode = next(d for d in _ids(prompt, "VAEDecode") if prompt[d]["inputs"]["samples"][0] == k)
+        chains[{load: "original", apply: "unlearned"}[source]] = {"sampler": k, "decode": decode}
+    assert set(chains) == {"original", "unlearned"}
+    return chains
+
+
+def fingerprint_prompt(prompt: dict, label: str) -> dict:
+    """The workflow's own loader (same node, same inputs: ComfyUI hands every prompt the same cached MODEL/CLIP)
+    and a fingerprint of what it loaded."""
+    load = _one(prompt, "CheckpointLoaderSimple")
+    return {load: prompt[load], "fp": {"class_type": "RazorFingerprint", "inputs": {
+        "model": [load, 0], "clip": [load, 1], "label": label}}}
+
+
+def resample(prompt: dict, chain: dict, model: list, clip: list, vae: list, tag: str) -> dict:
+    """The workflow's 'unlearned' sampling nodes (same prompt text, seed, steps, latent) on another MODEL/CLIP/VAE,
+    saving latent and image."""
+    nodes = {}
+    sampler = json.loads(json.dumps(prompt[chain["sampler"]]))
+    for name in ("positive", "negative"):
+        encode = json.loads(json.dumps(prompt[sampler["inputs"][name][0]]))
+        encode["inputs"]["clip"] = clip
+        nodes[f"{tag}_{name}"] = encode
+        sampler["inputs"][name] = [f"{tag}_{name}", 0]
+    latent = sampler["inputs"]["latent_image"][0]
+    nodes[latent] = prompt[latent]
+    sampler["inputs"]["model"] = model
+    nodes[f"{tag}_k"] = sampler
+    nodes[f"{tag}_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_k", 0], "vae": vae}}
+    nodes.update(save_nodes(f"{tag}_k", f"{tag}_dec", tag))
+    return nodes
+
+
+def save_nodes(sampler: str, decode: str, tag: str) -> dict:
+    return {f"{tag}_latent_out": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                                         "filename_prefix": f"sd15_test/{tag}"}},
+            f"{tag}_image_out": {"class_type": "SaveImage", "inputs": {"images": [decode, 0],
+                                                                       "filename_prefix": f"sd15_test/{tag}"}}}
+
+
+def saved_latent(server: ComfyServer, ui_output: dict) -> torch.Tensor:
+    entry, = ui_output["latents"]
+    return load_file(str(server.base_dir / "output" / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # the same bytes without copying half a gigabyte
+    except OSError:
+        shutil.copy(source, target)
+
+
+@pytest.fixture(scope="module")
+def sd15_run(comfy_server: ComfyServer):
+    base = comfy_server.base_dir
+    checkpoint = base / "models" / "checkpoints" / CKPT
+    edit_file = base / "output" / f"{EDIT_PREFIX}_00001_.safetensors"
+    full_file = base / "output" / f"{FULL_PREFIX}_00001_.safetensors"
+    written = [checkpoint, edit_file, full_file, base / "models" / "checkpoints" / ROUNDTRIP_CKPT,
+               base / "models" / "loras" / ROUNDTRIP_LORA]
+    try:
+        write_tiny_sd15_checkpoint(checkpoint)
+        prompt = cpu_prompt(comfy_server)
+        chains = sampler_chain(prompt)
+        fingerprint_before = comfy_server.run(fingerprint_prompt(prompt, "before"))["fp"]["text"][0]
+        load, grow = _one(prompt, "CheckpointLoaderSimple"), _one(prompt, "RazorGrowEditSet")
+        graph = dict(prompt)
+        for tag, chain in chains.items():
+            graph.update(save_nodes(chain["sampler"], chain["decode"], tag))
+        graph["full"] = {"class_type": "RazorSaveUnlearnedModel", "inputs": {
+            "edit": [grow, 0], "format": "full checkpoint", "filename_prefix": FULL_PREFIX,
+            "model": [load, 0], "clip": [load, 1], "vae": [load, 2]}}
+        outputs = comfy_server.run(graph, timeout=900)
+        fingerprint_after = comfy_server.run(fingerprint_prompt(prompt, "after"))["fp"]["text"][0]
+        # Round trip: the saved files through ComfyUI's stock loaders, sampled exactly as the workflow samples.
+        _link_or_copy(full_file, base / "models" / "checkpoints" / ROUNDTRIP_CKPT)
+        _link_or_copy(edit_file, base / "models" / "loras" / ROUNDTRIP_LORA)
+        roundtrip = {"reload": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ROUNDTRIP_CKPT}},
+                     load: prompt[load],
+                     "lora": {"class_type": "LoraLoader", "inputs": {
+                         "model": [load, 0], "clip": [load, 1], "lora_name": ROUNDTRIP_LORA,
+                         "strength_model": 1.0, "strength_clip": 1.0}}}
+        roundtrip.update(resample(prompt, chains["unlearned"], ["reload", 0], ["reload", 1], ["reload", 2], "full"))
+        roundtrip.update(resample(prompt, chains["unlearned"], ["lora", 0], ["lora", 1], [load, 2], "lora"))
+        roundtrip_outputs = comfy_server.run(roundtrip, timeout=600)
+        yield {"prompt": prompt, "outputs": outputs, "roundtrip": roundtrip_outputs, "edit_file": edit_file,
+               "checkpoint": checkpoint, "fingerprints": (fingerprint_before, fingerprint_after)}
+    finally:
+        for path in written:  # 1.1 GB of checkpoints (two names are links): never leave them behind
+            path.unlink(missing_ok=True)
+
+
+def test_workflow_runs_and_previews_every_result(sd15_run: dict, comfy_server: ComfyServer):
+    prompt, outputs = sd15_run["prompt"], sd15_run["outputs"]
+    for node in _ids(prompt, "PreviewImage"):
+        assert len(outputs[node]["images"]) == 1, f"preview {node} shows nothing"
+    stitch_preview = next(k for k in _ids(prompt, "PreviewImage")
+                          if prompt[prompt[k]["inputs"]["images"][0]]["class_type"] == "ImageStitch")
+    side_by_side = comfy_server.images(outputs[stitch_preview])
+    spacing = prompt[_one(prompt, "ImageStitch")]["inputs"]["spacing_width"]
+    assert side_by_side.shape == (1, SIZE, 2 * SIZE + spacing, 3)
+    heatmap = comfy_server.images(outputs[_one(prompt, "RazorScoreHeads")])
+    assert heatmap.shape[0] == 1 and heatmap.shape[1] > 100
+    report = outputs[_one(prompt, "PreviewAny")]["text"][0]
+    assert "Van Gogh" in report and "edited units:" in report
+    saved = outputs[_one(prompt, "RazorSaveUnlearnedModel")]["text"][0]
+    assert f"saved {EDIT_PREFIX}_00001_.safetensors" in saved
+
+
+def test_edit_changes_existing_weights_only_inside_its_units(sd15_run: dict):
+    with safe_open(str(sd15_run["checkpoint"]), framework="pt") as fh:
+        shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    with safe_open(str(sd15_run["edit_file"]), framework="pt") as fh:
+        meta = fh.metadata()
+        key_map = json.loads(meta["razor.key_map"])
+        deltas = {param: fh.get_tensor(_file_key(mapped)) for param, mapped in key_map.items()}
+    units = json.loads(meta["razor.units"])
+    assert units and deltas
+    assert {u["name"].split(".", 1)[0] for u in units} <= {"diffusion_model", "clip_l"}
+    # Gradients reached both towers: ComfyUI's CLIP-L (in-place residual adds, fp16 weights) and the UNet.
+    scores = json.loads(meta["razor.scores"])
+    for tower in ("diffusion_model", "clip_l"):
+        importances = [s["importance"] for s in scores if s["unit"].startswith(tower)]
+        assert importances and all(np.isfinite(importances)) and max(importances) > 0, tower
+    covered = {param: torch.zeros_like(delta, dtype=torch.bool) for param, delta in deltas.items()}
+    for unit in units:
+        for s in unit["slices"]:
+            view = covered[s["param"]] if s["dim"] is None else covered[s["param"]].narrow(s["dim"], s["start"],
+                                                                                             s["length"])
+            view.fill_(True)
+    for param, delta in deltas.items():
+        key = UNET + param[len("diffusion_model."):] if param.startswith("diffusion_model.") else \
+            CLIP + param[len("clip_l.transformer.text_model."):]
+        assert key in shapes, f"the edit changes {param}, which the checkpoint does not have"
+        assert tuple(delta.shape) == shapes[key]
+        assert delta.dtype == torch.float32, f"{param}: the fp16 text encoder's steps must be kept in float32"
+        assert torch.isfinite(delta).all()
+        assert not delta[~covered[param]].any(), f"{param} changed outside the edited units' slices"
+    assert any(delta.abs().sum() > 0 for delta in deltas.values())
+
+
+def _file_key(mapped: str) -> str:
+    for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
+        if mapped.endswith(suffix):
+            return f"{mapped[:-len(suffix)]}.{kind}"
+    return f"{mapped}.diff"
+
+
+def test_unlearned_model_draws_differently_and_the_original_is_untouched(sd15_run: dict,
+                                                                          comfy_server: ComfyServer):
+    outputs = sd15_run["outputs"]
+    original = comfy_server.images(outputs["original_image_out"])
+    unlearned = comfy_server.images(outputs["unlearned_image_out"])
+    assert np.abs(original.astype(int) - unlearned.astype(int)).max() > 0
+    assert not torch.equal(saved_latent(comfy_server, outputs["original_latent_out"]),
+                           saved_latent(comfy_server, outputs["unlearned_latent_out"]))
+    before, after = sd15_run["fingerprints"]
+    assert before == after
+
+
+def test_one_checkpoint_loaded_twice_has_one_fingerprint(sd15_run: dict, comfy_server: ComfyServer):
+    """ComfyUI leaves SD1.5's unused CLIP text_projection uninitialised (the files never carry it): the fingerprint
+    must cover the weights, not that memory."""
+    second = sd15_run["checkpoint"].with_name("razor_second_load.safetensors")
+    _link_or_copy(sd15_run["checkpoint"], second)  # another name, so ComfyUI really loads the file again
+    try:
+        graph = {"again": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": second.name}},
+                 "fp": {"class_type": "RazorFingerprint", "inputs": {"model": ["again", 0], "clip": ["again", 1],
+                                                                     "label": "second load"}}}
+        assert comfy_server.run(graph)["fp"]["text"][0] == sd15_run["fingerprints"][0]
+    finally:
+        second.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("route", ["full", "lora"])
+def test_saved_model_reloads_through_stock_loaders_to_the_same_samples(sd15_run: dict, comfy_server: ComfyServer,
+                                                                       route: str):
+    """full: Save Unlearned Model (full checkpoint) -> stock Load Checkpoint; lora: the edit file -> stock Load
+    LoRA on the original. Both must reproduce Apply RAZOR Edit exactly (tolerance 0): all three routes compute
+    weight + delta in float32 and round it the same way to the weight's dtype (float32 for the UNet on CPU, so exact;
+    float16 for the CLIP, round-to-nearest), and the full checkpoint stores those rounded weights as they are."""
+    applied = saved_latent(comfy_server, sd15_run["outputs"]["unlearned_latent_out"])
+    reloaded = saved_latent(comfy_server, sd15_run["roundtrip"][f"{route}_latent_out"])
+    assert torch.equal(reloaded, applied), f"max |difference| {float((reloaded - applied).abs().max())}"
+    image = comfy_server.images(sd15_run["roundtrip"][f"{route}_image_out"])
+    assert np.array_equal(image, comfy_server.images(sd15_run["outputs"]["unlearned_image_out"]))
+
+
+def test_pixel_images_for_a_latent_model_get_a_clear_error(sd15_run: dict, comfy_server: ComfyServer):
+    """Forget images stand in for the model's own samples, which for SD1.5 are 4-channel latents: connecting
+    pixel images must say so (instead of a shape error deep inside the UNet)."""
+    prompt = sd15_run["prompt"]
+    forget, score = _one(prompt, "RazorLoadForgetSet"), _one(prompt, "RazorScoreHeads")
+    graph = {k: prompt[k] for k in (_one(prompt, "CheckpointLoaderSimple"), _one(prompt, "EmptyLatentImage"))}
+    graph["pixels"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2,
+                                                              "color": 0}}
+    graph[forget] = {"class_type": "RazorLoadForgetSet",
+                     "inputs": {**prompt[forget]["inputs"], "images": ["pixels", 0]}}
+    graph[score] = prompt[score]
+    graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": [score, 1]}}
+    with pytest.raises(ComfyError, match="images can only be used with pixel-space models"):
+        comfy_server.run(graph)
