@@ -104,7 +104,9 @@ def initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorCo
     return sets or [[by_name[max(scores, key=lambda s: s.score).unit]]]
 
 
-def _preconditioner(objective: Objective, edit_set: list[EditUnit], params: Params, config: RazorConfig):
+def preconditioner_for(objective: Objective, edit_set: list[EditUnit], params: Params, config: RazorConfig):
+    """The retain-aware shaping of `edit_set`'s directions at `params` (None when off, for SLUG, or when the
+    objective cannot expose its layers' inputs)."""
     root = objective.module_root()
     if config.method != "razor" or not config.precondition or root is None:
         return None
@@ -159,7 +161,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         current = add(theta0, delta)
         tried = []
         for edit_set in candidates:
-            dirs = directions(edit_set, grads, weights, _preconditioner(objective, edit_set, current, config))
+            dirs = directions(edit_set, grads, weights, preconditioner_for(objective, edit_set, current, config))
             tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
                                                       refine=[added] if added else None)))
         edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))

@@ -25,12 +25,14 @@ def _forget_value(objective, params):
         return sum(float(objective.forget_loss(params, b)) for b in objective.batches("forget"))
 
 
-def test_diffusion_step_direction_increases_the_forget_loss(diffusion):
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_diffusion_step_direction_increases_the_forget_loss(diffusion, preconditioned):
     _, _, objective = diffusion
     theta0 = objective.base_params()
     grads = compute_gradients(objective, theta0, with_mismatch=False)
     units = [u for u in objective.units() if ".attn2." in u.name][:4]
-    dirs = directions(units, grads, StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+    shape = growth.preconditioner_for(objective, units, theta0, growth.RazorConfig()) if preconditioned else None
+    dirs = directions(units, grads, StepWeights(lambda_retain=0.0, lambda_mismatch=0.0), shape)
     etas = {u.name: 1e-3 for u in units}
     ahead = add(theta0, step_delta(units, dirs, theta0, etas))
     behind = add(theta0, step_delta(units, dirs, theta0, {k: -v for k, v in etas.items()}))
@@ -89,9 +91,17 @@ def test_edit_file_roundtrip_reproduces_samples_exactly(small_run, tmp_path):
 
 
 def test_end_to_end_unlearning_forgets_the_style_and_keeps_the_rest():
-    # Before unlearning, neon's UA is 0 (the model draws neon). Interim bars: the measured run gives UA 81, IRA 100,
-    # CRA 90; the core issue's target (UA >= 98) is not reached yet.
+    # Before unlearning, neon's UA is 0 (the model draws neon). The measured run (2 seeds) gives UA 100, IRA 100,
+    # CRA ~92 (the model's own object accuracy is ~0.95, which bounds CRA).
     result = unlearn.unlearn_diffusion("style:neon", eval_seeds=(188, 288))
     summary = {k: result[k] for k in ("ua", "ira", "cra", "rounds", "units")}
-    assert result["ua"] >= 75 and result["ira"] >= 95 and result["cra"] >= 85, summary
+    assert result["ua"] >= 95 and result["ira"] >= 95 and result["cra"] >= 85, summary
     assert result["rounds"] <= 6 and result["units"]
+
+
+def test_end_to_end_clip_unlearning_meets_the_bars():
+    result = unlearn.unlearn_clip("style:neon")
+    assert result["forget_acc_before"] >= 95
+    assert result["forget_acc"] <= result["chance"] + 5, result           # forgotten: at chance or below
+    assert result["retain_acc"] >= result["retain_acc_before"] - 3, result  # the other styles kept
+    assert result["cross_acc"] >= result["cross_acc_before"] - 3, result    # and every object
