@@ -64,7 +64,7 @@ def neon_run(comfy_server: ComfyServer) -> dict:
     graph = {k: v for k, v in prompt.items()}
     kept = add_sampling(graph, "kept", [apply, 0], [apply, 1], "a heart in brick style", vae=[load, 2])
     fingerprint_before = comfy_server.run(fingerprint_graph("before"))["fp"]["text"][0]
-    outputs = comfy_server.run(graph, timeout=600)
+    outputs = comfy_server.run(graph, timeout=1200)
     before, after = stitched_pairs(comfy_server, prompt, outputs)
     return {"prompt": prompt, "outputs": outputs, "fingerprint_before": fingerprint_before,
             "images": {"before": before, "after": after, "kept": comfy_server.images(outputs[kept])}}
@@ -115,7 +115,7 @@ def test_the_other_workflows_run_and_do_what_they_say(neon_run: dict, comfy_serv
     }
     for name, (domain, concept, other) in expectations.items():
         prompt = workflow_prompt(comfy_server, name)
-        before, after = stitched_pairs(comfy_server, prompt, comfy_server.run(prompt, timeout=600))
+        before, after = stitched_pairs(comfy_server, prompt, comfy_server.run(prompt, timeout=1200))
         (b_styles, b_objects), (a_styles, a_objects) = judged(before), judged(after)
         forgotten_before, forgotten_after = (b_styles, a_styles) if domain == "style" else (b_objects, a_objects)
         kept_after = a_objects if domain == "style" else a_styles
@@ -158,4 +158,4 @@ def test_scores_from_another_model_are_refused(neon_run: dict, comfy_server: Com
     graph[grow]["inputs"]["model"] = ["other", 0]
     graph["out"] = {"class_type": "PreviewImage", "inputs": {"images": [grow, 1]}}
     with pytest.raises(Exception, match="another MODEL"):
-        comfy_server.run(graph, timeout=600)
+        comfy_server.run(graph, timeout=1200)
