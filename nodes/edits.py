@@ -1,8 +1,6 @@
 """Using an edit: ApplyRazorEdit (ModelPatcher patches on clones) and SaveUnlearnedModel (edit file or checkpoint)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..razor_core import __version__
-from ..razor_core.edit import RazorEdit, fingerprint
+from ..razor_core.edit import RazorEdit, create_file, fingerprint
 from .common import CATEGORY, RAZOR_EDIT, load
 
 DENOISER_PREFIX = "diffusion_model."
@@ -76,18 +74,6 @@ class RazorApplyEdit(io.ComfyNode):
         return io.NodeOutput(*patched(model, clip, edit, strength))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then link it into place: never a half file, never an
-    overwrite (the link fails if the name exists)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class RazorSaveUnlearnedModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -129,7 +115,7 @@ class RazorSaveUnlearnedModel(io.ComfyNode):
             new_model, new_clip = patched(model, clip, edit)
             metadata = {"razor.concept": edit.concept, "razor.pack_version": __version__,
                         "razor.fingerprint": edit.base_fingerprint}
-            _atomic_write(path, lambda tmp: comfy.sd.save_checkpoint(tmp, new_model, new_clip, vae,
+            create_file(path, lambda tmp: comfy.sd.save_checkpoint(tmp, new_model, new_clip, vae,
                                                                     metadata=metadata))
         relative = str(Path(subfolder) / path.name) if subfolder else path.name
         return io.NodeOutput(relative, ui=ui.PreviewText(f"saved {relative} in the output folder"))

@@ -40,6 +40,23 @@ def fingerprint(params: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def create_file(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Create `path` atomically: `write` fills a temporary file in the same folder, which is then hard-linked into
+    place, so there is never a half-written file and never an overwrite (the link fails if the name exists)."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose another name (edits are never overwritten)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 def _stem(param: str) -> tuple[str, str]:
     for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
         if param.endswith(suffix):
@@ -81,26 +98,10 @@ class RazorEdit:
         }
         return save(tensors, metadata=meta)
 
-    def save(self, path: str | Path, key_map: Callable[[str], str] = lambda k: k, overwrite: bool = False) -> Path:
-        """Write atomically (temporary file + rename); refuses to replace an existing file unless asked."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; choose another name (edits are never overwritten)")
+    def save(self, path: str | Path, key_map: Callable[[str], str] = lambda k: k) -> Path:
+        """Write as a new file, atomically; an existing file is never replaced."""
         payload = self.to_bytes(key_map)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # fails if the name appeared meanwhile, never clobbers
-                os.unlink(tmp)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return create_file(path, lambda tmp: Path(tmp).write_bytes(payload))
 
     @classmethod
     def load(cls, path: str | Path) -> "RazorEdit":
