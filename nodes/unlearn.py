@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..razor_core import growth, plots
-from ..razor_core.adapters.minicanvas import DIFFUSION_BLOCKS, GRANULARITIES
+from ..razor_core.adapters.base import DIFFUSION_BLOCKS, GRANULARITIES
 from ..razor_core.edit import RazorEdit
 from ..razor_core.forget_set import KINDS, from_text
 from ..razor_core.minicanvas import data as minicanvas_data

@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ..edit import fingerprint
 from ..objective import Params
 from ..units import COMFY_STYLE, AttentionSpec, EditUnit
-from .minicanvas import DIFFUSION_BLOCKS, _tower_units, _UnitModel
+from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
 DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2")
@@ -60,7 +60,7 @@ def out_of_place_clip_layers(root: nn.Module) -> Iterator[None]:
             del layer.forward  # the instance attribute goes; the class's forward is back
 
 
-class ComfyDiffusion(_UnitModel):
+class ComfyDiffusion(UnitModel):
     """A ComfyUI MODEL and (optionally) its CLIP as one diffusion model for `DiffusionObjective`."""
 
     allowed_blocks = DIFFUSION_BLOCKS
@@ -109,10 +109,10 @@ class ComfyDiffusion(_UnitModel):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += _tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES)
+            units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES)
         if self.blocks in ("text_encoder", "all"):
             for prefix in self.text_prefix:
-                units += _tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
+                units += tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
                                       TEXT_MLP_LEAVES)
         return units
 

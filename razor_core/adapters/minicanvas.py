@@ -12,54 +12,17 @@ from torch.func import functional_call
 from ..minicanvas.pipeline import TIMESTEP_MULTIPLIER, MiniCanvasPipeline
 from ..minicanvas import text
 from ..objective import Params
-from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit, attention_units, linear_units
+from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit
+from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
-GRANULARITIES = ("heads", "layers")
-DIFFUSION_BLOCKS = ("denoiser", "text_encoder", "all")
 CLIP_BLOCKS = ("vision", "text", "all")
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-
-
-def _mlp_names(module: nn.Module, leaf_names: tuple[str, ...]) -> list[str]:
-    return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(leaf_names)]
-
-
-def _tower_units(module: nn.Module, spec, prefix: str, heads: bool, mlp_leaves: tuple[str, ...]) -> list[EditUnit]:
-    """A tower's attention heads (or whole attention modules) and its MLP linears."""
-    return (attention_units(module, spec, prefix, heads=heads)
-            + linear_units(module, _mlp_names(module, mlp_leaves), prefix))
 
 
 def _overrides(params: Params, prefix: str) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-class _UnitModel(nn.Module):
-    """Shared by the adapters: validated granularity/blocks and θ⁰ lookup by parameter name."""
-
-    allowed_blocks: tuple[str, ...] = ()
-
-    def __init__(self, granularity: str, blocks: str):
-        super().__init__()
-        _check_choice(granularity, GRANULARITIES, "granularity")
-        _check_choice(blocks, self.allowed_blocks, "blocks")
-        self.granularity = granularity
-        self.blocks = blocks
-
-    def params_root(self) -> nn.Module:
-        """The module whose parameter names the units use."""
-        return self
-
-    def base_params(self, units: list[EditUnit]) -> Params:
-        named = dict(self.params_root().named_parameters())
-        return {p: named[p].detach() for u in units for p in u.params}
-
-
-class MiniCanvasDiffusion(_UnitModel):
+class MiniCanvasDiffusion(UnitModel):
     """The pipeline's trainable parts under one root, so parameter names carry their tower."""
 
     text_prefix = "text_encoder."
@@ -76,9 +39,9 @@ class MiniCanvasDiffusion(_UnitModel):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += _tower_units(self.denoiser, COMFY_STYLE, "denoiser.", heads, ("ff.0", "ff.2"))
+            units += tower_units(self.denoiser, COMFY_STYLE, "denoiser.", heads, ("ff.0", "ff.2"))
         if self.blocks in ("text_encoder", "all"):
-            units += _tower_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads, ("fc1", "fc2"))
+            units += tower_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads, ("fc1", "fc2"))
         return units
 
     def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
@@ -102,7 +65,7 @@ class MiniCanvasDiffusion(_UnitModel):
         return self.pipeline.sample(prompts, seeds)
 
 
-class MiniCanvasClip(_UnitModel):
+class MiniCanvasClip(UnitModel):
     """A `transformers.CLIPModel` seen as edit units; the projections stay frozen (they are no tower's layers)."""
 
     image_prefix = "vision_model."
@@ -120,7 +83,7 @@ class MiniCanvasClip(_UnitModel):
         units: list[EditUnit] = []
         for tower, prefix in (("vision", "vision_model"), ("text", "text_model")):
             if self.blocks in (tower, "all"):
-                units += _tower_units(self.clip.get_submodule(prefix), HF_CLIP_STYLE, f"{prefix}.", heads,
+                units += tower_units(self.clip.get_submodule(prefix), HF_CLIP_STYLE, f"{prefix}.", heads,
                                       ("fc1", "fc2"))
         return units
 
