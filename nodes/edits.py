@@ -122,17 +122,21 @@ class RazorSaveUnlearnedModel(io.ComfyNode):
 
 
 def _clip_weights(model: Any, clip: Any) -> dict[str, torch.Tensor]:
-    """The CLIP's weights as a checkpoint of this model holds them (the model's own save rules). SD1.5 files carry no
-    CLIP-L text_projection, so ComfyUI leaves that unused weight uninitialised, different memory on every load; the
-    save rules drop it, and so two loads of one file get one fingerprint."""
+    """The CLIP's weights as a checkpoint of this model holds them (the model's own save rules), without the CLIP-L
+    text_projection wherever nothing uses it. Checkpoints often lack that weight (ComfyUI's loader expects so), and
+    ComfyUI then leaves it uninitialised, different memory on every load: SD1.5's save rules drop it, and SD3's
+    CLIP-L never projects its pooled output. So two loads of one file get one fingerprint."""
     weights = clip.cond_stage_model.state_dict()
     config = getattr(model.model, "model_config", None)
-    if config is None:
-        return weights
-    try:
-        return config.process_clip_state_dict_for_saving(dict(weights))
-    except KeyError:  # a CLIP of another family than the MODEL: its weights as they are
-        return weights
+    if config is not None:
+        try:
+            weights = config.process_clip_state_dict_for_saving(dict(weights))
+        except KeyError:  # a CLIP of another family than the MODEL: its weights as they are
+            pass
+    unprojected = [name for name, tower in clip.cond_stage_model.named_children()
+                   if getattr(tower, "return_projected_pooled", True) is False]
+    return {k: v for k, v in weights.items()
+            if not any(f"{name}." in k and k.endswith("text_projection.weight") for name in unprojected)}
 
 
 class RazorFingerprint(io.ComfyNode):

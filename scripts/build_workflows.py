@@ -1,10 +1,12 @@
-"""Write the MiniCanvas example workflows (UI format, what the frontend saves) and their thumbnails.
+"""Write the MiniCanvas example workflows (UI format, what the frontend saves) and their thumbnails, and the SD3
+workflow (the SD1.5 one, laid out by hand, with SD3's file, latent and sampler settings).
 
     .venv/bin/python scripts/build_workflows.py
 
-The graphs are described once here, laid out in columns by depth, and written as workflows/<name>.json. Each
-thumbnail is the workflow's own before/after preview: the script runs every workflow through a real ComfyUI server
-(tests/comfy_server.py) and saves the stitched images, enlarged, as workflows/<name>.jpg.
+The MiniCanvas graphs are described once here, laid out in columns by depth, and written as workflows/<name>.json.
+Each thumbnail is the workflow's own before/after preview: the script runs every workflow through a real ComfyUI
+server (tests/comfy_server.py) and saves the stitched images, enlarged, as workflows/<name>.jpg. The checkpoint
+workflows need real SD weights, so their thumbnails are screenshots of the graph (scripts/screenshots.py).
 """
 from __future__ import annotations
 
@@ -156,6 +158,44 @@ def graphs() -> dict[str, dict]:
             "minicanvas_reapply_saved_edit": reapply, "minicanvas_clip_text_only": clip_only}
 
 
+SD3_NOTE = """## SD3: remove an artist's style (Van Gogh) with RAZOR
+
+Needs an SD3 / SD3.5 checkpoint and a GPU (16 GB of VRAM or more for SD3 Medium; a few minutes). The graph is the
+SD1.5 one: RAZOR scores SD3's joint-attention heads (each head's rows of the fused `qkv` and its columns of `proj`,
+in both the image and the text stream), its MLPs and the CLIP-L/CLIP-G heads.
+
+1. **Load Checkpoint**: a file that holds the text encoders (here `sd3_medium_incl_clips.safetensors`). For a file
+   without them (SD3.5), add **TripleCLIPLoader** (clip_g, clip_l, t5xxl) and connect its CLIP wherever the
+   checkpoint's CLIP goes; T5 encodes as usual but is not edited.
+2. **Load Forget Set** (*custom*): the **concept**, the **forget prompts** (`{concept}` stands for it), the **anchor**
+   (what it should become) and the **retain prompts** (neighbouring artists and subjects that must not change).
+3. **EmptySD3LatentImage** (1024 x 1024) sets the size of the images the model draws for itself.
+4. **Score Heads** (sampler settings as SD3 likes them: dpmpp_2m, sgm_uniform, cfg 4.5) and **Grow Edit Set**: as
+   in the SD1.5 workflow; heat-map, growth curve and report below.
+5. **Apply RAZOR Edit**: **left = original, right = unlearned**, same prompt and seed.
+6. **Save Unlearned Model** writes the edit to `output/razor/`; the stock **Load LoRA** re-applies it exactly."""
+
+SD3_CHANGES = {  # node type -> widget values (and the type it becomes)
+    "CheckpointLoaderSimple": ("CheckpointLoaderSimple", ["sd3_medium_incl_clips.safetensors"]),
+    "EmptyLatentImage": ("EmptySD3LatentImage", [1024, 1024, 1]),
+    "RazorScoreHeads": ("RazorScoreHeads", ["heads", "all", 0, "fixed", 20, 4.5, "dpmpp_2m", "sgm_uniform"]),
+    "KSampler": ("KSampler", [42, "fixed", 28, 4.5, "dpmpp_2m", "sgm_uniform", 1.0]),
+    "RazorSaveUnlearnedModel": ("RazorSaveUnlearnedModel", ["edit file", "razor/sd3_van_gogh"]),
+    "MarkdownNote": ("MarkdownNote", [SD3_NOTE]),
+}
+
+
+def sd3_from_sd15(sd15: dict) -> dict:
+    """The SD1.5 workflow with SD3's checkpoint, latent node, sampler settings and note (same layout and links)."""
+    workflow = json.loads(json.dumps(sd15))
+    for node in workflow["nodes"]:
+        if node["type"] in SD3_CHANGES:
+            node["type"], node["widgets_values"] = SD3_CHANGES[node["type"]]
+            node.setdefault("properties", {})["Node name for S&R"] = node["type"]
+    workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-razor/sd3_remove_style"))
+    return workflow
+
+
 def _depths(graph: dict[str, Node]) -> dict[str, int]:
     depth: dict[str, int] = {}
 
@@ -216,6 +256,7 @@ def thumbnail(server: ComfyServer, workflow: dict, path: Path, pairs: int = 4, s
 
 def main() -> None:
     built = {name: to_ui(graph) for name, graph in graphs().items()}
+    built["sd3_remove_style"] = sd3_from_sd15(json.loads((WORKFLOWS / "sd15_remove_style.json").read_text()))
     for name, workflow in built.items():
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
     server = start_server(Path(tempfile.mkdtemp(prefix="razor_workflows_")))

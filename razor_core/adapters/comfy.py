@@ -12,10 +12,17 @@ functional_call`), never on the modules' own tensors, and never writes to them.
 
 Predictions are ComfyUI's denoised estimates (`BaseModel.apply_model`), which works the same for ε-, v- and
 flow-models; timesteps t ∈ (0, 1) map to the model's own σ through its `model_sampling`.
+
+Families: UNets with ComfyUI's CrossAttention (SD1.x/2.x, SDXL: `to_q`/`to_k`/`to_v`/`to_out.0`), MMDiT (SD3/3.5:
+joint attention with one fused `qkv` and a `proj` per stream; a head is its three row blocks of `qkv` plus its
+columns of `proj`), and the MiniCanvas DiT. Text towers: ComfyUI's CLIP encoders (`clip_l`, `clip_g`); T5 is not a
+candidate (its attention has another layout) but still encodes. Models that take a pooled text vector (`y`: SD3,
+SDXL) get it from the same encoder pass, through the model's own `encode_adm`.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -28,7 +35,10 @@ from ..units import COMFY_STYLE, AttentionSpec, EditUnit
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
-DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2")
+# MMDiT's SelfAttention; the last context block is "pre-only" (no `proj`, so no head of its own: its keys and values
+# reach the image stream only through that block's x-side heads).
+MMDIT_STYLE = AttentionSpec("qkv", "qkv", "qkv", "proj", "num_heads", fused_qkv=True)
+DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2")
 TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
 
 # prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
@@ -37,6 +47,27 @@ Sampler = Callable[[list[str], list[int]], torch.Tensor]
 
 class UnsupportedModelError(TypeError):
     """The object is not a ComfyUI MODEL/CLIP this adapter can read."""
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """The text encoder's output for a batch of prompts: the token sequence (cross-attention / joint-attention
+    context) and the pooled vector (None where the encoder gives none). Indexing selects prompts from both, as the
+    objective does with a plain context tensor."""
+    context: torch.Tensor
+    pooled: torch.Tensor | None
+
+    def __getitem__(self, index: Any) -> "TextConditioning":
+        return TextConditioning(self.context[index], None if self.pooled is None else self.pooled[index])
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    @staticmethod
+    def cat(parts: list["TextConditioning"]) -> "TextConditioning":
+        pooled = [p.pooled for p in parts]
+        return TextConditioning(torch.cat([p.context for p in parts]),
+                                None if any(p is None for p in pooled) else torch.cat(pooled))
 
 
 def _out_of_place_forward(layer: nn.Module):
@@ -110,6 +141,7 @@ class ComfyDiffusion(UnitModel):
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
             units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES)
+            units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
         if self.blocks in ("text_encoder", "all"):
             for prefix in self.text_prefix:
                 units += tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
@@ -119,10 +151,15 @@ class ComfyDiffusion(UnitModel):
     def forward(self, op: str, *args: Any) -> torch.Tensor:
         """Dispatch for `functional_call` (it can only call `forward`)."""
         if op == "predict":
-            x, sigma, context = args
-            return self._base[0].apply_model(x, sigma, c_crossattn=context)
+            x, sigma, context, pooled = args
+            base = self._base[0]
+            # The model's own mapping of the pooled vector to its `y` input (None for models without one, e.g.
+            # SD1.5); SDXL also folds in the image size, here the latent's (x8, the SD VAE's scale).
+            adm = None if pooled is None else base.encode_adm(pooled_output=pooled, width=x.shape[-1] * 8,
+                                                                 height=x.shape[-2] * 8, device=x.device)
+            return base.apply_model(x, sigma, c_crossattn=context, **({} if adm is None else {"y": adm}))
         tokens, = args
-        return self._clip[0].cond_stage_model.encode_token_weights(tokens)[0]
+        return self._clip[0].cond_stage_model.encode_token_weights(tokens)
 
     def _as_module_dtype(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """A candidate parameter in the dtype its layer computes with. ComfyUI's manual-cast layers (its text
@@ -137,7 +174,7 @@ class ComfyDiffusion(UnitModel):
         overrides = {k: self._as_module_dtype(k, v) for k, v in params.items()}
         return functional_call(self, {**self._copies, **overrides}, args)
 
-    def encode(self, params: Params, prompts: list[str]) -> torch.Tensor:
+    def encode(self, params: Params, prompts: list[str]) -> TextConditioning:
         clip = self._clip[0]
         if clip is None:
             raise ValueError("text features need the CLIP: connect it to the node")
@@ -146,15 +183,20 @@ class ComfyDiffusion(UnitModel):
         clip.cond_stage_model.reset_clip_options()
         if getattr(clip, "layer_idx", None) is not None:
             clip.cond_stage_model.set_clip_options({"layer": clip.layer_idx})
+        parts = []
         with out_of_place_clip_layers(self):
-            return torch.cat([self._call(params, "encode", clip.tokenize(p)) for p in prompts]).to(self.device)
+            for p in prompts:
+                context, pooled = self._call(params, "encode", clip.tokenize(p))[:2]
+                parts.append(TextConditioning(context.to(self.device),
+                                              None if pooled is None else pooled.to(self.device)))
+        return TextConditioning.cat(parts)
 
     def sigmas(self, t: torch.Tensor) -> torch.Tensor:
         sampling = self._base[0].model_sampling
         return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(v))) for v in t], device=self.device)
 
-    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context.to(self.device))
+    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: TextConditioning) -> torch.Tensor:
+        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context.context, context.pooled)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(t)

@@ -14,7 +14,7 @@ Validation uses other images, noise and timesteps than the gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -29,10 +29,12 @@ class DiffusionModel(Protocol):
 
     text_prefix: str  # parameter-name prefix of the text encoder(s)
 
+    # `encode` returns the conditioning of a batch of prompts in whatever form the adapter's `predict` takes (a
+    # context tensor, or context plus pooled vector); the objective only indexes it along the prompt dimension.
     def units(self) -> list[EditUnit]: ...
     def base_params(self, units: list[EditUnit]) -> Params: ...
-    def encode(self, params: Params, prompts: list[str]) -> torch.Tensor: ...
-    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, params: Params, prompts: list[str]) -> Any: ...
+    def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor: ...
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...
@@ -124,7 +126,7 @@ class DiffusionObjective(Objective):
             out.append(self.model.predict(params, x[sl], t[sl], self._contexts(params, prompt_idx[sl])))
         return torch.cat(out)
 
-    def _contexts(self, params: Params, prompt_idx: torch.Tensor) -> torch.Tensor:
+    def _contexts(self, params: Params, prompt_idx: torch.Tensor) -> Any:
         # Untouched text-encoder weights are the very θ⁰ tensors (steps only replace what they change).
         if all(params[k] is self._theta0[k] for k in self._text_keys):
             return self._context0[prompt_idx]

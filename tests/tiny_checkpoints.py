@@ -1,20 +1,28 @@
-"""A tiny checkpoint that ComfyUI's stock CheckpointLoaderSimple loads as Stable Diffusion 1.5 (written at test time,
-never committed).
+"""Tiny checkpoints that ComfyUI's stock CheckpointLoaderSimple loads as Stable Diffusion 1.5 or as SD3 (written at
+test time, never committed).
 
-ComfyUI's model detection (comfy/model_detection.py) calls a UNet "SD1.5" when its first conv has 320 channels,
-its cross-attention keys read a 768-wide context, `proj_in` is a 1x1 conv and there is no `label_emb`; the depth does
-not matter. So the denoiser here is SD1.5's UNet cut to one resolution level: input conv, one res block + spatial
-transformer (depth 1), the middle block (res, transformer, res), two output res blocks with transformers, and the
-output conv; 8 heads of 40 channels, GEGLU feed-forward, all with SD1.5's exact key names and shapes (25.8 M
-parameters instead of 860 M). The text encoder and the VAE cannot be shrunk: ComfyUI builds SD1.5's CLIP-L (12
-layers, 768 wide, 49408 tokens) and the SD VAE (AutoencoderKL, 128 channels x [1, 2, 4, 4]) from fixed configs, so
-the file holds full-size random ones.
+SD1.5: ComfyUI's model detection (comfy/model_detection.py) calls a UNet "SD1.5" when its first conv has 320
+channels, its cross-attention keys read a 768-wide context, `proj_in` is a 1x1 conv and there is no `label_emb`; the
+depth does not matter. So the denoiser here is SD1.5's UNet cut to one resolution level: input conv, one res block +
+spatial transformer (depth 1), the middle block (res, transformer, res), two output res blocks with transformers, and
+the output conv; 8 heads of 40 channels, GEGLU feed-forward, all with SD1.5's exact key names and shapes (25.8 M
+parameters instead of 860 M).
+
+SD3: an MMDiT is detected by `joint_blocks.0.context_block.attn.qkv.weight`; its depth is the patch embedding's width
+/ 64 and every head is 64 wide, so depth 2 gives a 128-wide, 2-head MMDiT (2.3 M parameters) with SD3's key names:
+joint blocks of a context and an image stream (fused qkv, proj, MLP, adaLN), the last context block "pre-only", a
+4096-wide context embedder and a 2048-wide pooled-text embedder, a 16-channel latent. The text encoder is CLIP-L
+alone (ComfyUI's SD3 CLIP pads it to the 4096-wide context and the 2048-wide pooled vector when CLIP-G and T5 are
+absent), stored under `text_encoders.clip_l.`; the VAE is SD3's (16 latent channels, no quant convs).
+
+The text encoder and the VAE cannot be shrunk: ComfyUI builds CLIP-L (12 layers, 768 wide, 49408 tokens) and the
+VAE (AutoencoderKL, 128 channels x [1, 2, 4, 4]) from fixed configs, so the files hold full-size random ones.
 
 Weights are random but sane, so sampling and gradients are finite and non-zero: norm weights 1 and biases 0, linear
 and conv weights normal with std 0.5/sqrt(fan_in) (0.02 for CLIP's linears and token embedding, as CLIP's own
-init; 0.01 for its position embedding). Everything is stored as float16, like the usual pruned SD1.5 files, and is
-fully determined by the seed. The file is 465 MB (CLIP-L 246 MB, VAE 167 MB, UNet 52 MB); writing it takes about
-3.5 s and ComfyUI loads it in about 1 s on 2 CPU cores (UNet as float32, CLIP-L as float16, VAE as float32).
+init; 0.01 for its position embedding). Everything is stored as float16, like the usual pruned files, and is fully
+determined by the seed. The SD1.5 file is 465 MB (CLIP-L 246 MB, VAE 167 MB, UNet 52 MB), the SD3 one 418 MB;
+writing one takes a few seconds and ComfyUI loads it in about 1 s on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -25,9 +33,12 @@ import torch
 from safetensors.torch import save_file
 
 UNET = "model.diffusion_model."
-CLIP = "cond_stage_model.transformer.text_model."
+CLIP = "cond_stage_model.transformer.text_model."          # SD1.5's CLIP-L
+SD3_CLIP = "text_encoders.clip_l.transformer.text_model."   # SD3's CLIP-L
 VAE = "first_stage_model."
 CHANNELS, TIME_DIM, CONTEXT_DIM = 320, 1280, 768
+MMDIT_DEPTH, MMDIT_PATCH, MMDIT_POS_SIDE = 2, 2, 32
+SD3_LATENT, SD3_CONTEXT, SD3_POOLED = 16, 4096, 2048
 CLIP_WIDTH, CLIP_LAYERS, CLIP_VOCAB, CLIP_POSITIONS = 768, 12, 49408, 77
 VAE_CH, VAE_MULT, VAE_RES_BLOCKS = 128, (1, 2, 4, 4), 2
 
@@ -97,8 +108,36 @@ def unet_shapes() -> Shapes:
     return {UNET + k: v for k, v in shapes.items()}
 
 
+# -------------------------------------------------------------------------------------------------------- MMDiT
+def _mmdit_stream(shapes: Shapes, prefix: str, width: int, pre_only: bool) -> None:
+    """One stream of a joint block; a pre-only block keeps just qkv and the shift/scale of its input."""
+    _linear(shapes, f"{prefix}.attn.qkv", width, 3 * width)
+    if not pre_only:
+        _linear(shapes, f"{prefix}.attn.proj", width, width)
+        _linear(shapes, f"{prefix}.mlp.fc1", width, 4 * width)
+        _linear(shapes, f"{prefix}.mlp.fc2", 4 * width, width)
+    _linear(shapes, f"{prefix}.adaLN_modulation.1", width, (2 if pre_only else 6) * width)
+
+
+def mmdit_shapes() -> Shapes:
+    width = 64 * MMDIT_DEPTH
+    shapes: Shapes = {"pos_embed": (1, MMDIT_POS_SIDE ** 2, width)}
+    _conv(shapes, "x_embedder.proj", SD3_LATENT, width, MMDIT_PATCH)
+    _linear(shapes, "t_embedder.mlp.0", 256, width)
+    _linear(shapes, "t_embedder.mlp.2", width, width)
+    _linear(shapes, "y_embedder.mlp.0", SD3_POOLED, width)
+    _linear(shapes, "y_embedder.mlp.2", width, width)
+    _linear(shapes, "context_embedder", SD3_CONTEXT, width)
+    for i in range(MMDIT_DEPTH):
+        _mmdit_stream(shapes, f"joint_blocks.{i}.context_block", width, pre_only=i == MMDIT_DEPTH - 1)
+        _mmdit_stream(shapes, f"joint_blocks.{i}.x_block", width, pre_only=False)
+    _linear(shapes, "final_layer.linear", width, MMDIT_PATCH ** 2 * SD3_LATENT)
+    _linear(shapes, "final_layer.adaLN_modulation.1", width, 2 * width)
+    return {UNET + k: v for k, v in shapes.items()}
+
+
 # -------------------------------------------------------------------------------------------------------- CLIP-L
-def clip_shapes() -> Shapes:
+def clip_shapes(prefix: str = CLIP) -> Shapes:
     w = CLIP_WIDTH
     shapes: Shapes = {"embeddings.token_embedding.weight": (CLIP_VOCAB, w),
                       "embeddings.position_embedding.weight": (CLIP_POSITIONS, w)}
@@ -111,7 +150,7 @@ def clip_shapes() -> Shapes:
         _linear(shapes, f"{layer}.mlp.fc1", w, 4 * w)
         _linear(shapes, f"{layer}.mlp.fc2", 4 * w, w)
     _norm(shapes, "final_layer_norm", w)
-    return {CLIP + k: v for k, v in shapes.items()}
+    return {prefix + k: v for k, v in shapes.items()}
 
 
 # -------------------------------------------------------------------------------------------------------- VAE
@@ -132,7 +171,8 @@ def _vae_mid(shapes: Shapes, prefix: str, width: int) -> None:
     _vae_res_block(shapes, f"{prefix}.block_2", width, width)
 
 
-def vae_shapes() -> Shapes:
+def vae_shapes(latent_channels: int = 4, quant_convs: bool = True) -> Shapes:
+    """SD's AutoencoderKL; SD3's has 16 latent channels and no quant convs."""
     shapes: Shapes = {}
     widths = [VAE_CH * m for m in VAE_MULT]
     _conv(shapes, "encoder.conv_in", 3, VAE_CH, 3)
@@ -145,10 +185,11 @@ def vae_shapes() -> Shapes:
             _conv(shapes, f"encoder.down.{level}.downsample.conv", width, width, 3)
     _vae_mid(shapes, "encoder.mid", widths[-1])
     _norm(shapes, "encoder.norm_out", widths[-1])
-    _conv(shapes, "encoder.conv_out", widths[-1], 8, 3)  # mean and log-variance of 4 latent channels
-    _conv(shapes, "quant_conv", 8, 8, 1)
-    _conv(shapes, "post_quant_conv", 4, 4, 1)
-    _conv(shapes, "decoder.conv_in", 4, widths[-1], 3)
+    _conv(shapes, "encoder.conv_out", widths[-1], 2 * latent_channels, 3)  # mean and log-variance
+    if quant_convs:
+        _conv(shapes, "quant_conv", 2 * latent_channels, 2 * latent_channels, 1)
+        _conv(shapes, "post_quant_conv", latent_channels, latent_channels, 1)
+    _conv(shapes, "decoder.conv_in", latent_channels, widths[-1], 3)
     _vae_mid(shapes, "decoder.mid", widths[-1])
     n_in = widths[-1]
     for level in reversed(range(len(widths))):
@@ -163,18 +204,25 @@ def vae_shapes() -> Shapes:
 
 
 # -------------------------------------------------------------------------------------------------------- values
+FAMILIES = {
+    "sd15": lambda: {**unet_shapes(), **clip_shapes(CLIP), **vae_shapes()},
+    "sd3": lambda: {**mmdit_shapes(), **clip_shapes(SD3_CLIP), **vae_shapes(SD3_LATENT, quant_convs=False)},
+}
+TEXT_PREFIXES = {"sd15": CLIP, "sd3": SD3_CLIP}
+
+
 def _std(key: str, shape: tuple[int, ...]) -> float:
-    if key.startswith(CLIP):
+    if ".text_model." in key:
         return 0.01 if "position_embedding" in key else 0.02
     fan_in = math.prod(shape[1:])
     return 0.5 / math.sqrt(fan_in)
 
 
-def tiny_sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """The whole checkpoint as float16 tensors, deterministic in `seed`."""
+def tiny_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The whole checkpoint of `family` ("sd15" or "sd3") as float16 tensors, deterministic in `seed`."""
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
-    for key, shape in {**unet_shapes(), **clip_shapes(), **vae_shapes()}.items():
+    for key, shape in FAMILIES[family]().items():
         if len(shape) == 1:  # a 1-D weight is a norm's scale (1); every bias and norm shift is 0
             value = torch.ones(shape) if key.endswith(".weight") else torch.zeros(shape)
         else:
@@ -183,10 +231,10 @@ def tiny_sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_tiny_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
+def write_tiny_checkpoint(family: str, path: Path, seed: int = 0) -> Path:
     """Write the checkpoint to `path` (a .safetensors file; parent folders are created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_sd15_state_dict(seed), str(path), metadata={"format": "pt", "note": "tiny random SD1.5-shaped "
-                                                                "test checkpoint (comfyui-razor tests)"})
+    save_file(tiny_state_dict(family, seed), str(path), metadata={
+        "format": "pt", "note": f"tiny random {family}-shaped test checkpoint (comfyui-razor tests)"})
     return path

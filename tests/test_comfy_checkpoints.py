@@ -1,12 +1,14 @@
-"""The SD1.5 path in a real ComfyUI server, on CPU: workflows/sd15_remove_style.json (made for GPU users with a real
-SD1.5 checkpoint) runs on a tiny random checkpoint that the stock Load Checkpoint detects as SD1.5 (tests/tiny_sd15.py:
-SD1.5's UNet cut to one level, full CLIP-L and SD VAE, all random).
+"""The real-checkpoint paths in a real ComfyUI server, on CPU: workflows/sd15_remove_style.json and
+sd3_remove_style.json (made for GPU users with real SD1.5 / SD3 checkpoints) run on tiny random checkpoints that the
+stock Load Checkpoint detects as SD1.5 and as SD3 (tests/tiny_checkpoints.py: SD1.5's UNet cut to one level, a
+two-block MMDiT; full CLIP-L and VAE; all random).
 
-Random weights know no Van Gogh, so these tests check mechanics, not forgetting: the workflow runs as shipped (only
+Random weights know no Van Gogh, so these tests check mechanics, not forgetting: each workflow runs as shipped (only
 shrunk for CPU: 64x64 images, 4 steps, two forget and two retain prompts, two rounds), the edit changes only
-existing weights and only inside the units it names, the edited model draws other images, the original MODEL/CLIP stay
-bit-identical, and both saved formats (full checkpoint through the stock Load Checkpoint, edit file through the stock
-Load LoRA) reproduce Apply RAZOR Edit's samples exactly (tolerance 0: same latents, same PNGs).
+existing weights and only inside the units it names (for SD3: head slices of the fused qkv), the edited model draws
+other images, the original MODEL/CLIP stay bit-identical, and both saved formats (full checkpoint through the stock
+Load Checkpoint, edit file through the stock Load LoRA) reproduce Apply RAZOR Edit's samples exactly (tolerance 0:
+same latents, same PNGs).
 """
 from __future__ import annotations
 
@@ -22,14 +24,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.comfy_server import REPO_ROOT, ComfyError, ComfyServer, ui_workflow_to_api_prompt
-from tests.tiny_sd15 import CLIP, UNET, write_tiny_sd15_checkpoint
+from tests.tiny_checkpoints import TEXT_PREFIXES, UNET, write_tiny_checkpoint
 
-WORKFLOW = REPO_ROOT / "workflows" / "sd15_remove_style.json"
-CKPT = "v1-5-pruned-emaonly.safetensors"            # the name the workflow asks for
-ROUNDTRIP_CKPT = "razor_sd15_unlearned.safetensors"   # the saved full checkpoint, copied into models/checkpoints
-ROUNDTRIP_LORA = "razor_sd15_edit.safetensors"        # the saved edit file, copied into models/loras
-EDIT_PREFIX, FULL_PREFIX = "razor/sd15_test_edit", "razor/sd15_test_full"
+FAMILIES = ("sd15", "sd3")
+LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")
+ROUNDTRIP_CKPT = "razor_{family}_unlearned.safetensors"   # the saved full checkpoint, copied into models/checkpoints
+ROUNDTRIP_LORA = "razor_{family}_edit.safetensors"        # the saved edit file, copied into models/loras
+EDIT_PREFIX, FULL_PREFIX = "razor/{family}_test_edit", "razor/{family}_test_full"
 SIZE, STEPS = 64, 4
+
+
+def workflow_path(family: str) -> Path:
+    return REPO_ROOT / "workflows" / f"{family}_remove_style.json"
 
 
 def _ids(prompt: dict, class_type: str) -> list[str]:
@@ -46,12 +52,12 @@ def _first_lines(text: str, n: int) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][:n])
 
 
-def cpu_prompt(server: ComfyServer) -> dict:
+def cpu_prompt(server: ComfyServer, family: str) -> dict:
     """The shipped workflow as an API prompt, shrunk for two CPU cores (the workflow file itself is unchanged)."""
-    prompt = ui_workflow_to_api_prompt(json.loads(WORKFLOW.read_text()), server.object_info())
+    prompt = ui_workflow_to_api_prompt(json.loads(workflow_path(family).read_text()), server.object_info())
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
-        if kind == "EmptyLatentImage":
+        if kind in LATENT_NODES:
             inputs.update(width=SIZE, height=SIZE, batch_size=1)
         elif kind in ("KSampler", "RazorScoreHeads"):
             inputs["steps"] = STEPS
@@ -61,7 +67,7 @@ def cpu_prompt(server: ComfyServer) -> dict:
         elif kind == "RazorGrowEditSet":
             inputs["max_rounds"] = 2  # one step and one growth round
         elif kind == "RazorSaveUnlearnedModel":
-            inputs["filename_prefix"] = EDIT_PREFIX
+            inputs["filename_prefix"] = EDIT_PREFIX.format(family=family)
     return prompt
 
 
@@ -107,9 +113,9 @@ def resample(prompt: dict, chain: dict, model: list, clip: list, vae: list, tag:
 
 def save_nodes(sampler: str, decode: str, tag: str) -> dict:
     return {f"{tag}_latent_out": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
-                                                                         "filename_prefix": f"sd15_test/{tag}"}},
+                                                                         "filename_prefix": f"ckpt_test/{tag}"}},
             f"{tag}_image_out": {"class_type": "SaveImage", "inputs": {"images": [decode, 0],
-                                                                       "filename_prefix": f"sd15_test/{tag}"}}}
+                                                                       "filename_prefix": f"ckpt_test/{tag}"}}}
 
 
 def saved_latent(server: ComfyServer, ui_output: dict) -> torch.Tensor:
@@ -125,17 +131,22 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy(source, target)
 
 
-@pytest.fixture(scope="module")
-def sd15_run(comfy_server: ComfyServer):
+@pytest.fixture(scope="module", params=FAMILIES)
+def ckpt_run(comfy_server: ComfyServer, request):
+    family = request.param
     base = comfy_server.base_dir
-    checkpoint = base / "models" / "checkpoints" / CKPT
-    edit_file = base / "output" / f"{EDIT_PREFIX}_00001_.safetensors"
-    full_file = base / "output" / f"{FULL_PREFIX}_00001_.safetensors"
-    written = [checkpoint, edit_file, full_file, base / "models" / "checkpoints" / ROUNDTRIP_CKPT,
-               base / "models" / "loras" / ROUNDTRIP_LORA]
+    workflow = json.loads(workflow_path(family).read_text())
+    ckpt_name, = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")["widgets_values"]
+    checkpoint = base / "models" / "checkpoints" / ckpt_name
+    edit_prefix, full_prefix = EDIT_PREFIX.format(family=family), FULL_PREFIX.format(family=family)
+    roundtrip_ckpt, roundtrip_lora = ROUNDTRIP_CKPT.format(family=family), ROUNDTRIP_LORA.format(family=family)
+    edit_file = base / "output" / f"{edit_prefix}_00001_.safetensors"
+    full_file = base / "output" / f"{full_prefix}_00001_.safetensors"
+    written = [checkpoint, edit_file, full_file, base / "models" / "checkpoints" / roundtrip_ckpt,
+               base / "models" / "loras" / roundtrip_lora]
     try:
-        write_tiny_sd15_checkpoint(checkpoint)
-        prompt = cpu_prompt(comfy_server)
+        write_tiny_checkpoint(family, checkpoint)
+        prompt = cpu_prompt(comfy_server, family)
         chains = sampler_chain(prompt)
         fingerprint_before = comfy_server.run(fingerprint_prompt(prompt, "before"))["fp"]["text"][0]
         load, grow = _one(prompt, "CheckpointLoaderSimple"), _one(prompt, "RazorGrowEditSet")
@@ -143,30 +154,31 @@ def sd15_run(comfy_server: ComfyServer):
         for tag, chain in chains.items():
             graph.update(save_nodes(chain["sampler"], chain["decode"], tag))
         graph["full"] = {"class_type": "RazorSaveUnlearnedModel", "inputs": {
-            "edit": [grow, 0], "format": "full checkpoint", "filename_prefix": FULL_PREFIX,
+            "edit": [grow, 0], "format": "full checkpoint", "filename_prefix": full_prefix,
             "model": [load, 0], "clip": [load, 1], "vae": [load, 2]}}
         outputs = comfy_server.run(graph, timeout=900)
         fingerprint_after = comfy_server.run(fingerprint_prompt(prompt, "after"))["fp"]["text"][0]
         # Round trip: the saved files through ComfyUI's stock loaders, sampled exactly as the workflow samples.
-        _link_or_copy(full_file, base / "models" / "checkpoints" / ROUNDTRIP_CKPT)
-        _link_or_copy(edit_file, base / "models" / "loras" / ROUNDTRIP_LORA)
-        roundtrip = {"reload": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ROUNDTRIP_CKPT}},
+        _link_or_copy(full_file, base / "models" / "checkpoints" / roundtrip_ckpt)
+        _link_or_copy(edit_file, base / "models" / "loras" / roundtrip_lora)
+        roundtrip = {"reload": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": roundtrip_ckpt}},
                      load: prompt[load],
                      "lora": {"class_type": "LoraLoader", "inputs": {
-                         "model": [load, 0], "clip": [load, 1], "lora_name": ROUNDTRIP_LORA,
+                         "model": [load, 0], "clip": [load, 1], "lora_name": roundtrip_lora,
                          "strength_model": 1.0, "strength_clip": 1.0}}}
         roundtrip.update(resample(prompt, chains["unlearned"], ["reload", 0], ["reload", 1], ["reload", 2], "full"))
         roundtrip.update(resample(prompt, chains["unlearned"], ["lora", 0], ["lora", 1], [load, 2], "lora"))
         roundtrip_outputs = comfy_server.run(roundtrip, timeout=600)
-        yield {"prompt": prompt, "outputs": outputs, "roundtrip": roundtrip_outputs, "edit_file": edit_file,
-               "checkpoint": checkpoint, "fingerprints": (fingerprint_before, fingerprint_after)}
+        yield {"family": family, "prompt": prompt, "outputs": outputs, "roundtrip": roundtrip_outputs,
+               "edit_file": edit_file, "edit_prefix": edit_prefix, "checkpoint": checkpoint,
+               "fingerprints": (fingerprint_before, fingerprint_after)}
     finally:
         for path in written:  # 1.1 GB of checkpoints (two names are links): never leave them behind
             path.unlink(missing_ok=True)
 
 
-def test_workflow_runs_and_previews_every_result(sd15_run: dict, comfy_server: ComfyServer):
-    prompt, outputs = sd15_run["prompt"], sd15_run["outputs"]
+def test_workflow_runs_and_previews_every_result(ckpt_run: dict, comfy_server: ComfyServer):
+    prompt, outputs = ckpt_run["prompt"], ckpt_run["outputs"]
     for node in _ids(prompt, "PreviewImage"):
         assert len(outputs[node]["images"]) == 1, f"preview {node} shows nothing"
     stitch_preview = next(k for k in _ids(prompt, "PreviewImage")
@@ -179,22 +191,26 @@ def test_workflow_runs_and_previews_every_result(sd15_run: dict, comfy_server: C
     report = outputs[_one(prompt, "PreviewAny")]["text"][0]
     assert "Van Gogh" in report and "edited units:" in report
     saved = outputs[_one(prompt, "RazorSaveUnlearnedModel")]["text"][0]
-    assert f"saved {EDIT_PREFIX}_00001_.safetensors" in saved
+    assert f"saved {ckpt_run['edit_prefix']}_00001_.safetensors" in saved
 
 
-def test_edit_changes_existing_weights_only_inside_its_units(sd15_run: dict):
-    with safe_open(str(sd15_run["checkpoint"]), framework="pt") as fh:
+def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
+    with safe_open(str(ckpt_run["checkpoint"]), framework="pt") as fh:
         shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    with safe_open(str(sd15_run["edit_file"]), framework="pt") as fh:
+    with safe_open(str(ckpt_run["edit_file"]), framework="pt") as fh:
         meta = fh.metadata()
         key_map = json.loads(meta["razor.key_map"])
         deltas = {param: fh.get_tensor(_file_key(mapped)) for param, mapped in key_map.items()}
     units = json.loads(meta["razor.units"])
     assert units and deltas
+    text_prefix = TEXT_PREFIXES[ckpt_run["family"]]
     assert {u["name"].split(".", 1)[0] for u in units} <= {"diffusion_model", "clip_l"}
     # Gradients reached both towers: ComfyUI's CLIP-L (in-place residual adds, fp16 weights) and the UNet.
     scores = json.loads(meta["razor.scores"])
-    for tower in ("diffusion_model", "clip_l"):
+    towers = ["diffusion_model", "clip_l"]
+    if ckpt_run["family"] == "sd3":  # MMDiT heads (fused qkv) in both streams of the joint attention
+        towers += [f"diffusion_model.joint_blocks.0.{stream}.attn.head" for stream in ("context_block", "x_block")]
+    for tower in towers:
         importances = [s["importance"] for s in scores if s["unit"].startswith(tower)]
         assert importances and all(np.isfinite(importances)) and max(importances) > 0, tower
     covered = {param: torch.zeros_like(delta, dtype=torch.bool) for param, delta in deltas.items()}
@@ -205,7 +221,7 @@ def test_edit_changes_existing_weights_only_inside_its_units(sd15_run: dict):
             view.fill_(True)
     for param, delta in deltas.items():
         key = UNET + param[len("diffusion_model."):] if param.startswith("diffusion_model.") else \
-            CLIP + param[len("clip_l.transformer.text_model."):]
+            text_prefix + param[len("clip_l.transformer.text_model."):]
         assert key in shapes, f"the edit changes {param}, which the checkpoint does not have"
         assert tuple(delta.shape) == shapes[key]
         assert delta.dtype == torch.float32, f"{param}: the fp16 text encoder's steps must be kept in float32"
@@ -221,52 +237,53 @@ def _file_key(mapped: str) -> str:
     return f"{mapped}.diff"
 
 
-def test_unlearned_model_draws_differently_and_the_original_is_untouched(sd15_run: dict,
+def test_unlearned_model_draws_differently_and_the_original_is_untouched(ckpt_run: dict,
                                                                           comfy_server: ComfyServer):
-    outputs = sd15_run["outputs"]
+    outputs = ckpt_run["outputs"]
     original = comfy_server.images(outputs["original_image_out"])
     unlearned = comfy_server.images(outputs["unlearned_image_out"])
     assert np.abs(original.astype(int) - unlearned.astype(int)).max() > 0
     assert not torch.equal(saved_latent(comfy_server, outputs["original_latent_out"]),
                            saved_latent(comfy_server, outputs["unlearned_latent_out"]))
-    before, after = sd15_run["fingerprints"]
+    before, after = ckpt_run["fingerprints"]
     assert before == after
 
 
-def test_one_checkpoint_loaded_twice_has_one_fingerprint(sd15_run: dict, comfy_server: ComfyServer):
+def test_one_checkpoint_loaded_twice_has_one_fingerprint(ckpt_run: dict, comfy_server: ComfyServer):
     """ComfyUI leaves SD1.5's unused CLIP text_projection uninitialised (the files never carry it): the fingerprint
     must cover the weights, not that memory."""
-    second = sd15_run["checkpoint"].with_name("razor_second_load.safetensors")
-    _link_or_copy(sd15_run["checkpoint"], second)  # another name, so ComfyUI really loads the file again
+    second = ckpt_run["checkpoint"].with_name("razor_second_load.safetensors")
+    _link_or_copy(ckpt_run["checkpoint"], second)  # another name, so ComfyUI really loads the file again
     try:
         graph = {"again": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": second.name}},
                  "fp": {"class_type": "RazorFingerprint", "inputs": {"model": ["again", 0], "clip": ["again", 1],
                                                                      "label": "second load"}}}
-        assert comfy_server.run(graph)["fp"]["text"][0] == sd15_run["fingerprints"][0]
+        assert comfy_server.run(graph)["fp"]["text"][0] == ckpt_run["fingerprints"][0]
     finally:
         second.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("route", ["full", "lora"])
-def test_saved_model_reloads_through_stock_loaders_to_the_same_samples(sd15_run: dict, comfy_server: ComfyServer,
+def test_saved_model_reloads_through_stock_loaders_to_the_same_samples(ckpt_run: dict, comfy_server: ComfyServer,
                                                                        route: str):
     """full: Save Unlearned Model (full checkpoint) -> stock Load Checkpoint; lora: the edit file -> stock Load
     LoRA on the original. Both must reproduce Apply RAZOR Edit exactly (tolerance 0): all three routes compute
     weight + delta in float32 and round it the same way to the weight's dtype (float32 for the UNet on CPU, so exact;
     float16 for the CLIP, round-to-nearest), and the full checkpoint stores those rounded weights as they are."""
-    applied = saved_latent(comfy_server, sd15_run["outputs"]["unlearned_latent_out"])
-    reloaded = saved_latent(comfy_server, sd15_run["roundtrip"][f"{route}_latent_out"])
+    applied = saved_latent(comfy_server, ckpt_run["outputs"]["unlearned_latent_out"])
+    reloaded = saved_latent(comfy_server, ckpt_run["roundtrip"][f"{route}_latent_out"])
     assert torch.equal(reloaded, applied), f"max |difference| {float((reloaded - applied).abs().max())}"
-    image = comfy_server.images(sd15_run["roundtrip"][f"{route}_image_out"])
-    assert np.array_equal(image, comfy_server.images(sd15_run["outputs"]["unlearned_image_out"]))
+    image = comfy_server.images(ckpt_run["roundtrip"][f"{route}_image_out"])
+    assert np.array_equal(image, comfy_server.images(ckpt_run["outputs"]["unlearned_image_out"]))
 
 
-def test_pixel_images_for_a_latent_model_get_a_clear_error(sd15_run: dict, comfy_server: ComfyServer):
+def test_pixel_images_for_a_latent_model_get_a_clear_error(ckpt_run: dict, comfy_server: ComfyServer):
     """Forget images stand in for the model's own samples, which for SD1.5 are 4-channel latents: connecting
     pixel images must say so (instead of a shape error deep inside the UNet)."""
-    prompt = sd15_run["prompt"]
+    prompt = ckpt_run["prompt"]
     forget, score = _one(prompt, "RazorLoadForgetSet"), _one(prompt, "RazorScoreHeads")
-    graph = {k: prompt[k] for k in (_one(prompt, "CheckpointLoaderSimple"), _one(prompt, "EmptyLatentImage"))}
+    latent = next(k for k, n in prompt.items() if n["class_type"] in LATENT_NODES)
+    graph = {k: prompt[k] for k in (_one(prompt, "CheckpointLoaderSimple"), latent)}
     graph["pixels"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2,
                                                               "color": 0}}
     graph[forget] = {"class_type": "RazorLoadForgetSet",
