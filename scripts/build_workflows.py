@@ -46,6 +46,17 @@ OUTPUTS = {
 }
 
 
+# Width and height of every node type as laid out (the frontend's own minimum or more: multiline text boxes, and
+# the previews that Score Heads, Grow Edit Set and Preview Image show inside the node, need room).
+SIZES = {
+    "RazorLoadMiniCanvas": (300, 80), "LoraLoader": (320, 130), "RazorLoadForgetSet": (400, 440),
+    "EmptyChromaRadianceLatentImage": (300, 110), "RazorScoreHeads": (360, 640), "RazorGrowEditSet": (360, 560),
+    "RazorApplyEdit": (300, 100), "RazorSaveUnlearnedModel": (300, 130), "PreviewAny": (360, 300),
+    "CLIPTextEncode": (340, 140), "KSampler": (320, 270), "VAEDecode": (210, 50), "ImageStitch": (280, 150),
+    "PreviewImage": (420, 480), "MarkdownNote": (440, 760),
+}
+
+
 @dataclass
 class Node:
     type: str
@@ -222,18 +233,21 @@ def to_ui(graph: dict[str, Node]) -> dict:
                           OUTPUTS[graph[src].type][slot][1]])
             outgoing.setdefault((src, slot), []).append(link_id)
     link_ids = iter(range(1, len(links) + 1))
+    columns = {key: depth[key] if node.type != "MarkdownNote" else 0 for key, node in graph.items()}
+    widths = {c: max(SIZES[graph[k].type][0] for k in columns if columns[k] == c) for c in set(columns.values())}
+    lefts = {c: 40 + sum(widths[d] + 60 for d in widths if d < c) for c in widths}
     for key, node in graph.items():
-        column = depth[key] if node.type != "MarkdownNote" else 0
+        column = columns[key]
         row = rows.get(column, 0)
-        size = [420, 520] if node.type == "MarkdownNote" else [300, 150]
-        rows[column] = row + size[1] + 40
+        size = list(SIZES[node.type])
+        rows[column] = row + size[1] + 70  # room for the title bar
         inputs = []
         for name in node.links:
             src, slot = node.links[name]
             inputs.append({"name": name, "type": OUTPUTS[graph[src].type][slot][1], "link": next(link_ids)})
         outputs = [{"name": n, "type": t, "links": outgoing.get((key, s), []), "slot_index": s}
                    for s, (n, t) in enumerate(OUTPUTS[node.type])]
-        entry = {"id": ids[key], "type": node.type, "pos": [40 + 360 * column, 40 + row], "size": size,
+        entry = {"id": ids[key], "type": node.type, "pos": [lefts[column], 40 + row], "size": size,
                  "flags": {}, "order": depth[key], "mode": 0, "inputs": inputs, "outputs": outputs,
                  "properties": {"Node name for S&R": node.type}, "widgets_values": node.widgets}
         if node.title:
