@@ -209,7 +209,7 @@ class RazorGrowEditSet(io.ComfyNode):
             deltas={k: v.detach().cpu().clone() for k, v in result.delta.items()}, units=result.units,
             concept=f"{forget_set.kind}:{forget_set.concept}", settings=settings,
             base_fingerprint=adapter.fingerprint(list(result.delta)),
-            scores=[asdict(s) for s in result.scores], rounds=[asdict(r) for r in result.rounds])
+            scores=[asdict(s) for s in result.scores], rounds=result.recorded_rounds())
         curve = image_output(plots.growth_curve([r.forget_progress for r in result.rounds],
                                                 [r.retain_drift for r in result.rounds], forget_target,
                                                 retain_tolerance, f"{forget_set.concept}: growth"))

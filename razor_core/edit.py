@@ -57,6 +57,15 @@ def create_file(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def _canonical_safetensors(payload: bytes) -> bytes:
+    """safetensors writes the metadata in hash-map order, which changes from call to call; the same header with
+    sorted keys (same tensors, same offsets, padded to 8 bytes as safetensors does) makes equal edits equal files."""
+    size = int.from_bytes(payload[:8], "little")
+    header = json.dumps(json.loads(payload[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + payload[8 + size:]
+
+
 def _stem(param: str) -> tuple[str, str]:
     for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
         if param.endswith(suffix):
@@ -96,7 +105,7 @@ class RazorEdit:
             "razor.rounds": json.dumps(self.rounds),
             "razor.key_map": json.dumps({p: key_map(p) for p in self.deltas}),
         }
-        return save(tensors, metadata=meta)
+        return _canonical_safetensors(save(tensors, metadata=meta))
 
     def save(self, path: str | Path, key_map: Callable[[str], str] = lambda k: k) -> Path:
         """Write as a new file, atomically; an existing file is never replaced."""

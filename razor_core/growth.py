@@ -12,7 +12,7 @@ no growth.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -76,6 +76,11 @@ class GrowthResult:
     backward_passes: int
     config: RazorConfig
     before: Validation
+
+    def recorded_rounds(self) -> list[dict]:
+        """Per-round metrics as edit files keep them: without wall-clock seconds, so that the same inputs and seed
+        always give a byte-identical file."""
+        return [{k: v for k, v in asdict(r).items() if k != "seconds"} for r in self.rounds]
 
 
 def tower(unit: EditUnit) -> str:

@@ -90,6 +90,18 @@ def test_edit_file_roundtrip_reproduces_samples_exactly(small_run, tmp_path):
     assert not torch.equal(direct, original)
 
 
+def test_same_inputs_and_seed_give_a_byte_identical_edit_file(small_run):
+    """Determinism on CPU: a second run from scratch (fresh adapter, self-generated data, gradients, growth) writes
+    exactly the same file."""
+    adapter, _, result = small_run
+    again_adapter = MiniCanvasDiffusion(pipeline.load_pipeline(), "heads", "all")
+    again = growth.run(DiffusionObjective(again_adapter, unlearn.forget_set_for("style", 5), DiffusionSettings(seed=1)),
+                       growth.RazorConfig(max_rounds=2))
+    first = unlearn.edit_from_result(result, adapter, "style:neon", {"seed": 1}).to_bytes()
+    second = unlearn.edit_from_result(again, again_adapter, "style:neon", {"seed": 1}).to_bytes()
+    assert first == second
+
+
 def test_end_to_end_unlearning_forgets_the_style_and_keeps_the_rest():
     # Before unlearning, neon's UA is 0 (the model draws neon). The measured run (2 seeds) gives UA 100, IRA 100,
     # CRA ~92 (the model's own object accuracy is ~0.95, which bounds CRA).

@@ -64,7 +64,7 @@ def edit_from_result(result: growth.GrowthResult, model: torch.nn.Module, concep
         deltas={k: v.detach().clone() for k, v in result.delta.items()},
         units=result.units, concept=concept, settings=settings,
         base_fingerprint=fingerprint({k: named[k] for k in result.delta}),
-        scores=[asdict(s) for s in result.scores], rounds=[asdict(r) for r in result.rounds])
+        scores=[asdict(s) for s in result.scores], rounds=result.recorded_rounds())
 
 
 def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granularity: str = "heads",
