@@ -98,9 +98,10 @@ def test_uce_edit_changes_only_to_k_and_to_v_and_maps_the_concept_toward_the_gui
         assert torch.equal(value, before[name]), f"uce_edit modified the pipeline's own {name}"
 
 
-def test_esd_x_lowers_its_loss_and_changes_only_attn2(tiny_pipe, forget_set):
+@pytest.mark.parametrize("prompts", [None, ("neon",)], ids=["forget_prompts", "concept_name"])
+def test_esd_x_lowers_its_loss_and_changes_only_attn2(tiny_pipe, forget_set, prompts):
     before = {name: p.clone() for name, p in tiny_pipe.denoiser.state_dict().items()}
-    deltas, stats = esd_x_edit(tiny_pipe, forget_set, iterations=40, lr=3e-3, steps=4, probe_size=4)
+    deltas, stats = esd_x_edit(tiny_pipe, forget_set, iterations=40, lr=3e-3, steps=4, probe_size=4, prompts=prompts)
     assert stats["iterations"] == stats["backward_passes"] == 40
     assert stats["probe_loss_after"] < 0.8 * stats["probe_loss_before"]
     names = cross_attention_names(tiny_pipe.denoiser)
