@@ -110,3 +110,21 @@ def test_esd_x_lowers_its_loss_and_changes_only_attn2(tiny_pipe, forget_set, pro
     assert sum(float(d.norm()) for d in deltas.values()) > 0
     for name, value in tiny_pipe.denoiser.state_dict().items():
         assert torch.equal(value, before[name]), f"esd_x_edit modified the pipeline's own {name}"
+
+
+def test_compare_summary_means_cells_and_ratios():
+    """The benchmark's summary on hand-made runs: per-domain means of the cells, their mean, and RAZOR's ratios."""
+    from benchmarks.compare import summarize
+
+    def run(target, ua, ira, cra, seconds, peak, edit_bytes):
+        return {"target": target, "ua": ua, "ira": ira, "cra": cra, "seconds": seconds, "peak_rss_mb": peak,
+                "edit_bytes": edit_bytes, "backward_passes": 1}
+
+    runs = {"razor": [run("style:a", 100, 90, 80, 10, 1100, 50), run("object:b", 80, 90, 100, 30, 1300, 150)],
+            "esd": [run("style:a", 50, 50, 50, 2000, 2000, 500), run("object:b", 50, 50, 50, 2000, 2000, 500)]}
+    summary = summarize(runs, {"peak_rss_mb": 1000.0}, weights_bytes=10_000)
+    assert summary["razor"]["style_ua"] == 100 and summary["razor"]["object_cra"] == 100
+    assert summary["razor"]["mean_of_cells"] == pytest.approx((100 + 90 + 80 + 80 + 90 + 100) / 6)
+    assert summary["ratios"]["razor_seconds / esd_seconds"] == pytest.approx(20 / 2000)
+    assert summary["ratios"]["razor_peak / inference_peak"] == pytest.approx(1.2)
+    assert summary["ratios"]["razor_edit_bytes / model_bytes"] == pytest.approx(100 / 10_000)

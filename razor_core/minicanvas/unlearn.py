@@ -58,6 +58,11 @@ def forget_set_for(domain: str, index: int) -> ForgetSet:
     return ForgetSet(concept, domain, tuple(forget), tuple(anchor), tuple(retain))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (read right after unlearning, before evaluation samples)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def edit_from_result(result: growth.GrowthResult, model: torch.nn.Module, concept: str, settings: dict) -> RazorEdit:
     named = dict(model.named_parameters())
     return RazorEdit(
@@ -82,7 +87,7 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
     settings = {"method": config.method, "granularity": granularity, "blocks": blocks, "seed": seed,
                 "config": asdict(config)}
     edit = edit_from_result(result, adapter, f"{domain}:{forget_set.concept}", settings)
-    seconds = time.time() - start
+    seconds, peak = time.time() - start, peak_rss_mb()
     backup = edit.apply_to(adapter)
     try:
         answers = evaluate.answer_set(pipe.sample, load_classifier("style"), load_classifier("object"), eval_seeds)
@@ -92,7 +97,7 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
     return {
         "target": target, "family": "diffusion", "method": config.method, **metrics,
         "seconds": round(seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak,
         "backward_passes": result.backward_passes, "rounds": len(result.rounds),
         "units": [u.name for u in result.units], "edit_bytes": len(edit.to_bytes()),
         "forget_progress": result.rounds[-1].forget_progress, "retain_drift": result.rounds[-1].retain_drift,
@@ -189,7 +194,7 @@ def unlearn_clip(target: str, method: str = "razor", seed: int = 0, granularity:
     result = growth.run(objective, config)
     edit = edit_from_result(result, clip_model, target, {"method": config.method, "granularity": granularity,
                                                        "blocks": blocks, "seed": seed, "config": asdict(config)})
-    seconds = time.time() - start
+    seconds, peak = time.time() - start, peak_rss_mb()
     backup = edit.apply_to(clip_model)
     try:
         after = _zero_shot_report(clip_model, tokenizer, domain, index)
@@ -202,7 +207,7 @@ def unlearn_clip(target: str, method: str = "razor", seed: int = 0, granularity:
         "retain_acc": after["retain_acc"], "retain_acc_before": before["retain_acc"],
         "cross_acc": after["cross_acc"], "cross_acc_before": before["cross_acc"],
         "seconds": round(seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak,
         "backward_passes": result.backward_passes, "rounds": len(result.rounds),
         "units": [u.name for u in result.units], "edit_bytes": len(edit.to_bytes()),
         "round_log": [asdict(r) for r in result.rounds],

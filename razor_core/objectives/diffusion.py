@@ -46,7 +46,8 @@ class DiffusionSettings:
     guidance: float = 1.0            # γ: how far past the anchor, away from the concept
     timesteps_per_image: int = 4     # noisy samples per generated image (gradient split)
     validation_images: int = 8       # forget images held out for validation
-    micro_batch: int = 64
+    micro_batch: int = 16            # bounds the activations kept for backward (MiniCanvas: 64 -> 16 cut the peak
+                                     # RSS from 1.41 to 1.10 GB at the same speed; benchmarks/compare.py measures it)
     seed: int = 0
 
 
