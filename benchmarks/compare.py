@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from benchmarks.child import run_in_child
+from benchmarks.common import run_in_child, save_figure
 from razor_core.minicanvas import evaluate, text, unlearn
 from razor_core.minicanvas.pipeline import load_classifier, load_pipeline
 from razor_core.minicanvas.store import atomic_write_bytes
@@ -153,10 +153,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("mean of UA/IRA/CRA cells (%)")
     ax.set_title("MiniCanvas: quality vs time, one point per method")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

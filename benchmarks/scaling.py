@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.child import run_in_child
+from benchmarks.common import run_in_child, save_figure
 from razor_core import growth
 from razor_core.adapters.minicanvas import MiniCanvasDiffusion
 from razor_core.minicanvas import unlearn
@@ -82,10 +82,7 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("RAZOR round 0 on MiniCanvas: cost vs size (log-log, fitted exponent k)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

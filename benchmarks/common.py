@@ -1,9 +1,11 @@
-"""Run one measurement in a fresh Python process, so that its peak resident memory is its own."""
+"""What the benchmarks share: one measurement per fresh Python process (so that its peak resident memory is its own),
+and saving their plots."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_in_child(module: str, args: list[str]) -> dict:
@@ -12,3 +14,12 @@ def run_in_child(module: str, args: list[str]) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
