@@ -141,7 +141,7 @@ REAPPLY_NOTE = """## Re-apply a saved edit with the stock LoRA loader
 
 **Top = the original model, bottom = through the LoRA loader** (same seed)."""
 
-CLIP_NOTE = """## Text-encoder-only edit: forget *dots* in the CLIP
+CLIP_NOTE = """## Text-encoder-only edit: forget *neon* in the CLIP
 
 **Score Heads** with *blocks = text_encoder* scores and edits only the CLIP's heads and MLPs; the denoiser is not
 touched. The edit then travels with the CLIP: Apply RAZOR Edit patches the CLIP, and the unchanged MODEL draws
@@ -162,8 +162,8 @@ def graphs() -> dict[str, dict]:
                "note": note(REAPPLY_NOTE)}
     before_after(reapply, "a star in neon style", ("lora", 0), ("lora", 1))
 
-    clip_only = unlearning("dots", "style", blocks="text_encoder", save_prefix="razor/dots_clip")
-    before_after(clip_only, "a heart in dots style", ("load", 0), ("apply", 1))
+    clip_only = unlearning("neon", "style", blocks="text_encoder", save_prefix="razor/neon_clip")
+    before_after(clip_only, "a star in neon style", ("load", 0), ("apply", 1))
     clip_only["note"] = note(CLIP_NOTE)
     return {"minicanvas_remove_style": style, "minicanvas_remove_object": obj,
             "minicanvas_reapply_saved_edit": reapply, "minicanvas_clip_text_only": clip_only}

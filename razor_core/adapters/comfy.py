@@ -60,9 +60,6 @@ class TextConditioning:
     def __getitem__(self, index: Any) -> "TextConditioning":
         return TextConditioning(self.context[index], None if self.pooled is None else self.pooled[index])
 
-    def __len__(self) -> int:
-        return len(self.context)
-
     @staticmethod
     def cat(parts: list["TextConditioning"]) -> "TextConditioning":
         pooled = [p.pooled for p in parts]
