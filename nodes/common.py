@@ -1,6 +1,7 @@
 """What the node modules share: socket types, previews as IMAGE, ComfyUI sampling and model loading for razor_core."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -43,6 +44,13 @@ def same_objects(first: tuple, second: tuple) -> bool:
     """True when two nodes received the very same MODEL/CLIP objects (a clone, a LoRA or any patch makes a new
     one, so the weights behind them are the same too)."""
     return len(first) == len(second) and all(a is b for a, b in zip(first, second))
+
+
+def require_finite_inputs(**values: float) -> None:
+    """Number inputs arrive unchecked as NaN or inf through the API (JSON allows them, and NaN passes min/max)."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"the input {name} is {value}: type a finite number")
 
 
 def check_model_type(model: Any, clip: Any | None) -> None:

@@ -1,4 +1,5 @@
-"""Using an edit: ApplyRazorEdit (ModelPatcher patches on clones) and SaveUnlearnedModel (edit file or checkpoint)."""
+"""Using an edit: ApplyRazorEdit (ModelPatcher patches on clones), SaveUnlearnedModel (edit file or checkpoint),
+LoadRazorEdit (a saved edit file, validated) and ModelFingerprint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..razor_core import __version__
 from ..razor_core.edit import RazorEdit, create_file, fingerprint
-from .common import CATEGORY, RAZOR_EDIT, load
+from .common import CATEGORY, RAZOR_EDIT, load, require_finite_inputs
 
 DENOISER_PREFIX = "diffusion_model."
 
@@ -31,6 +32,7 @@ def _split(edit: RazorEdit) -> tuple[dict[str, torch.Tensor], dict[str, torch.Te
 def patched(model: Any, clip: Any | None, edit: RazorEdit, strength: float = 1.0) -> tuple[Any, Any | None]:
     """Clones of MODEL and CLIP carrying the edit as patches; the inputs are never modified. Checks first that the
     edit was made for exactly these weights."""
+    require_finite_inputs(strength=strength)
     model_part, clip_part = _split(edit)
     if clip_part and clip is None:
         raise ValueError(f"this edit changes the text encoder ({len(clip_part)} tensors): connect the CLIP too")
@@ -74,6 +76,44 @@ class RazorApplyEdit(io.ComfyNode):
         return io.NodeOutput(*patched(model, clip, edit, strength))
 
 
+def _check_inside_output(filename_prefix: str) -> None:
+    """Saves stay inside the output folder (ComfyUI refuses too, later and with a terser message)."""
+    if not filename_prefix.strip():
+        raise ValueError("filename_prefix is empty: type a name such as 'razor/unlearned'")
+    if Path(filename_prefix).is_absolute() or filename_prefix.startswith(("/", "\\")):
+        raise ValueError(f"filename_prefix {filename_prefix!r} is an absolute path; files are saved inside "
+                         "ComfyUI's output folder only: type a relative name such as 'razor/unlearned'")
+    if ".." in Path(filename_prefix.replace("\\", "/")).parts:
+        raise ValueError(f"filename_prefix {filename_prefix!r} climbs out with '..'; files are saved inside "
+                         "ComfyUI's output folder only: remove the '..'")
+
+
+class RazorLoadEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RazorLoadEdit", display_name="Load RAZOR Edit", category=CATEGORY,
+            description=("Loads an edit file saved by Save Unlearned Model (copied into models/loras) as a "
+                         "RAZOR_EDIT, checking it first: a safetensors file with this pack's metadata, units inside "
+                         "their tensors, finite values. Apply RAZOR Edit then refuses it unless the model has the "
+                         "exact weights it was made for (unlike a plain LoRA loader)."),
+            inputs=[
+                io.Combo.Input("edit_name", options=sorted(n for n in folder_paths.get_filename_list("loras")
+                                                           if n.endswith(".safetensors")),
+                               tooltip="An edit file in models/loras."),
+            ],
+            outputs=[RAZOR_EDIT.Output(display_name="RAZOR_EDIT", tooltip="The edit, for Apply RAZOR Edit."),
+                     io.String.Output(display_name="summary", tooltip="Concept, method and edited units.")],
+        )
+
+    @classmethod
+    def execute(cls, edit_name: str) -> io.NodeOutput:
+        edit = RazorEdit.load(folder_paths.get_full_path_or_raise("loras", edit_name))
+        summary = (f"{edit.concept}: {edit.settings.get('method', '?')} edit of {len(edit.units)} unit(s): "
+                   + ", ".join(u.name for u in edit.units))
+        return io.NodeOutput(edit, summary)
+
+
 class RazorSaveUnlearnedModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -103,8 +143,13 @@ class RazorSaveUnlearnedModel(io.ComfyNode):
     @classmethod
     def execute(cls, edit: RazorEdit, format: str, filename_prefix: str, model: Any | None = None,
                 clip: Any | None = None, vae: Any | None = None) -> io.NodeOutput:
-        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory())
+        _check_inside_output(filename_prefix)
+        try:
+            folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+                filename_prefix, folder_paths.get_output_directory())
+        except OSError as exc:  # e.g. a file where the prefix names a folder
+            raise ValueError(f"cannot save under {filename_prefix!r}: {exc.strerror or exc} "
+                             f"({exc.filename}); choose another filename_prefix") from exc
         path = Path(folder) / f"{filename}_{counter:05}_.safetensors"
         if format == "edit file":
             edit.save(path, key_map=comfy_lora_key)
@@ -144,12 +189,13 @@ class RazorFingerprint(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="RazorFingerprint", display_name="Model Fingerprint", category=CATEGORY,
-            description=("sha256 over every weight of a MODEL (and CLIP) as ComfyUI loads it, patches included "
+            description=("sha256 over every weight of a MODEL (and CLIP, VAE) as ComfyUI loads it, patches included "
                          "(the CLIP as a checkpoint would store it): proof that an original model is unchanged after "
                          "unlearning, or that two models are the same."),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to fingerprint."),
                 io.Clip.Input("clip", optional=True, tooltip="Its CLIP, fingerprinted together with it."),
+                io.Vae.Input("vae", optional=True, tooltip="Its VAE, fingerprinted together with it."),
                 io.String.Input("label", default="", tooltip="Free text shown with the fingerprint (a different "
                                                              "label also makes ComfyUI recompute it)."),
             ],
@@ -158,13 +204,15 @@ class RazorFingerprint(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: Any, label: str, clip: Any | None = None) -> io.NodeOutput:
+    def execute(cls, model: Any, label: str, clip: Any | None = None, vae: Any | None = None) -> io.NodeOutput:
         load(model, clip)
         weights = {f"model.{k}": v for k, v in model.model.state_dict().items()}
         if clip is not None:
             weights.update({f"clip.{k}": v for k, v in _clip_weights(model, clip).items()})
+        if vae is not None:
+            weights.update({f"vae.{k}": v for k, v in vae.first_stage_model.state_dict().items()})
         digest = fingerprint(weights)
         return io.NodeOutput(digest, ui=ui.PreviewText(digest))
 
 
-NODES = [RazorApplyEdit, RazorSaveUnlearnedModel, RazorFingerprint]
+NODES = [RazorApplyEdit, RazorSaveUnlearnedModel, RazorLoadEdit, RazorFingerprint]

@@ -18,7 +18,7 @@ from ..razor_core.minicanvas import data as minicanvas_data
 from ..razor_core.minicanvas.unlearn import forget_set_for
 from ..razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 from .common import (CATEGORY, FORGET_SET, RAZOR_EDIT, RAZOR_SCORES, ScoredModel, adapter_for, comfy_sampler,
-                     gradients_allowed, image_output, load, progress_reporter, same_objects)
+                     gradients_allowed, image_output, load, progress_reporter, require_finite_inputs, same_objects)
 
 PRESETS = ("custom", "MiniCanvas demo")
 DEFAULT_PROMPTS = "a painting in {concept} style\na portrait in {concept} style\na landscape in {concept} style"
@@ -135,6 +135,7 @@ class RazorScoreHeads(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, clip: Any, forget_set, latent: dict, granularity: str, blocks: str, seed: int,
                 steps: int, cfg: float, sampler_name: str, scheduler: str) -> io.NodeOutput:
+        require_finite_inputs(cfg=cfg)
         _check_images_fit(model, forget_set, latent)
         progress = progress_reporter(2)
         with gradients_allowed():
@@ -192,6 +193,7 @@ class RazorGrowEditSet(io.ComfyNode):
     @classmethod
     def execute(cls, model: Any, clip: Any, forget_set, scores: ScoredModel, method: str, max_initial_units: int,
                 max_rounds: int, forget_target: float, retain_tolerance: float) -> io.NodeOutput:
+        require_finite_inputs(forget_target=forget_target, retain_tolerance=retain_tolerance)
         if not same_objects(scores.models, (model, clip)):
             raise ValueError("these scores were computed on another MODEL/CLIP (or before more patches were "
                              "added): connect the same MODEL and CLIP to Score Heads and Grow Edit Set")

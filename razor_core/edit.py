@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from . import __version__
@@ -46,14 +46,23 @@ def create_file(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another name (edits are never overwritten)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} appeared while it was being written; choose another name (edits are never "
+                              "overwritten)") from None
+    except (OSError, SafetensorError) as exc:  # disk full, read-only folder...: say so, and leave nothing behind
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OSError(f"could not write {path}: {detail}. Check the free disk space and that the folder is "
+                      "writable; nothing was written") from exc
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -82,6 +91,10 @@ class RazorEdit:
     base_fingerprint: str
     scores: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # ComfyUI shows node inputs in its error reports: no tensor dumps there
+        return (f"RazorEdit(concept={self.concept!r}, units={[u.name for u in self.units]}, "
+                f"tensors={len(self.deltas)})")
 
     def slice_deltas(self) -> dict[Slice, torch.Tensor]:
         """Δ restricted to each unit slice (how head edits are kept: only their own rows/columns)."""
@@ -141,11 +154,26 @@ class RazorEdit:
                        json.loads(meta.get("razor.rounds", "[]")))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise EditFileError(f"{path} has inconsistent RAZOR metadata ({exc}); re-save the edit") from exc
-        for unit in edit.units:
-            for s in unit.slices:
-                if s.param not in edit.deltas:
-                    raise EditFileError(f"{path}: unit {unit.name} names {s.param}, which has no delta tensor")
+        edit._check_consistent(path)
         return edit
+
+    def _check_consistent(self, path: Path) -> None:
+        """What a loaded file must satisfy before it touches a model."""
+        if len(self.base_fingerprint) != 64 or any(c not in "0123456789abcdef" for c in self.base_fingerprint):
+            raise EditFileError(f"{path}: its base fingerprint is not a sha256 hex digest; re-save the edit")
+        for unit in self.units:
+            for s in unit.slices:
+                if s.param not in self.deltas:
+                    raise EditFileError(f"{path}: unit {unit.name} names {s.param}, which has no delta tensor")
+                shape = self.deltas[s.param].shape
+                if s.dim is not None and not (0 <= s.dim < len(shape) and 0 <= s.start
+                                              and s.start + s.length <= shape[s.dim]):
+                    raise EditFileError(f"{path}: unit {unit.name}'s slice of {s.param} lies outside its delta "
+                                        f"{tuple(shape)}; the file is damaged, re-save the edit")
+        for name, delta in self.deltas.items():
+            if not delta.is_floating_point() or not torch.isfinite(delta).all():
+                raise EditFileError(f"{path}: the delta of {name} is not finite floating point (NaN or inf); the "
+                                    "file is damaged, re-save the edit")
 
     # ---------------------------------------------------------------------------------------------- apply
     def check_base(self, params: dict[str, torch.Tensor]) -> None:

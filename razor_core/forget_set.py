@@ -37,7 +37,11 @@ class ForgetSet:
                              "one of the lists")
         if self.images is not None:
             if self.images.ndim != 4 or self.images.shape[1] != 3:
-                raise ValueError(f"forget images must be (N, 3, H, W); got shape {tuple(self.images.shape)}")
+                raise ValueError(f"forget images must be RGB, (N, 3, H, W); got shape {tuple(self.images.shape)}: "
+                                 "drop the alpha channel or convert the images to RGB")
+            if len(self.images) == 0:
+                raise ValueError("the forget image batch is empty: connect at least one image, or disconnect the "
+                                 "input so that the model draws its own")
             if not torch.isfinite(self.images).all():
                 raise ValueError("forget images contain NaN or inf values; fix or drop those images")
 

@@ -11,6 +11,7 @@ no growth.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 
 from .gradients import Gradients, compute_gradients
-from .objective import Objective, Params, Validation
+from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
 from .update import StepWeights, add, directions, search_step, step_delta
@@ -46,12 +47,13 @@ class RazorConfig:
             raise ValueError(f"method must be 'razor' or 'slug', got {self.method!r}")
         if self.max_rounds < 1 or self.max_initial_units < 1:
             raise ValueError("max_rounds and max_initial_units must be at least 1 (they are budgets)")
-        if not 0.0 < self.forget_target <= 1.0:
+        if not 0.0 < self.forget_target <= 1.0:  # written so that NaN fails too
             raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
-        if self.damping <= 0:
-            raise ValueError(f"damping must be positive, got {self.damping}")
-        if self.drift_tolerance <= 0:
-            raise ValueError(f"drift_tolerance must be positive, got {self.drift_tolerance}")
+        for name, lowest in (("alpha", "0"), ("threshold", "0"), ("damping", "above 0"),
+                             ("drift_tolerance", "above 0")):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (lowest == "above 0" and value == 0):
+                raise ValueError(f"{name} must be a finite number, {lowest} or more; got {value}")
 
 
 @dataclass
@@ -139,6 +141,9 @@ def score(objective: Objective, config: RazorConfig = RazorConfig()) -> Scoring:
         before = objective.validate(theta0)
     sketch = config.retain_sketch if config.method == "razor" else 0
     grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
+    require_finite({**{f"forget {k}": v for k, v in grads.forget.items()},
+                    **{f"retain {k}": v for k, v in grads.retain.items()}}, "the gradients",
+                   "the losses overflow on this model; check its weights, or use float32 weights")
     return Scoring(grads, score_units(units, theta0, grads.forget, grads.retain, config.alpha), before, config)
 
 

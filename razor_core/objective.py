@@ -21,6 +21,18 @@ from .units import EditUnit
 Params = dict[str, torch.Tensor]
 
 
+class NonFiniteError(ValueError):
+    """NaN or inf where unlearning needs numbers: in the weights, the data, or what the model computes from them."""
+
+
+def require_finite(tensors: dict[str, torch.Tensor], what: str, fix: str) -> None:
+    """Raise NonFiniteError naming the first of `tensors` that holds NaN or inf (a NaN would silently turn every
+    score, step and file into NaN)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NonFiniteError(f"{what} contain NaN or inf ({name}): {fix}")
+
+
 @dataclass(frozen=True)
 class Validation:
     """Classifier-free progress measured on the validation split.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -95,12 +96,33 @@ class ComfyServer:
 
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
         """Queue an API-format prompt, wait for it, and return its history outputs `{node_id: ui output}`."""
+        return self.wait(self.queue(prompt), timeout)
+
+    def queue(self, prompt: dict) -> str:
+        """Queue an API-format prompt (the server validates it first); returns its prompt id. A prompt with some
+        invalid nodes is refused here too: the server would run only its valid outputs (and the frontend marks the
+        invalid nodes)."""
         try:
             queued = json.loads(self._request("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex}))
         except urllib.error.HTTPError as err:
             raise ComfyError(f"the server refused the prompt ({err.code}): {err.read().decode(errors='replace')}"
                              ) from err
-        prompt_id = queued["prompt_id"]
+        if queued.get("node_errors"):
+            raise ComfyError(f"the server refused some nodes of the prompt: {json.dumps(queued['node_errors'])}")
+        return queued["prompt_id"]
+
+    def is_running(self, prompt_id: str) -> bool:
+        return any(item[1] == prompt_id for item in self.get_json("/queue")["queue_running"])
+
+    def interrupt(self) -> None:
+        """What the frontend's Cancel button sends."""
+        self._request("/interrupt", {})
+
+    def history_messages(self, prompt_id: str) -> list:
+        return self.get_json(f"/history/{prompt_id}")[prompt_id]["status"]["messages"]
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """Wait for a queued prompt; its history outputs, or ComfyError with the server's error messages."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
@@ -152,8 +174,10 @@ class ComfyServer:
                 self.process.wait()
 
 
-def start_server(base_dir: Path, timeout: float = 180.0) -> ComfyServer:
-    """Start ComfyUI headless on CPU with this pack, on a free local port, and wait until it answers."""
+def start_server(base_dir: Path, timeout: float = 180.0, max_file_bytes: int | None = None) -> ComfyServer:
+    """Start ComfyUI headless on CPU with this pack, on a free local port, and wait until it answers.
+    `max_file_bytes` caps the size of any file the server writes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write
+    past it fails with EFBIG): how tests simulate a full disk without privileges."""
     comfy_dir = ensure_comfyui_installed()
     make_base_directory(base_dir)
     port = free_port()
@@ -167,7 +191,9 @@ def start_server(base_dir: Path, timeout: float = 180.0) -> ComfyServer:
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, preexec_fn=None if max_file_bytes is None else (
+                                       lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                  (max_file_bytes, max_file_bytes))))
     server = ComfyServer(f"http://127.0.0.1:{port}", process, base_dir, log_path)
     server.wait_until_ready(timeout)
     return server

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..forget_set import ForgetSet
-from ..objective import Objective, Params, Validation
+from ..objective import Objective, Params, Validation, require_finite
 from ..units import EditUnit
 
 
@@ -66,6 +66,8 @@ class DiffusionObjective(Objective):
         self.settings = settings
         self._units = model.units()
         self._theta0 = model.base_params(self._units)
+        require_finite(self._theta0, "the model's weights", "a checkpoint, merge or LoRA upstream is broken; "
+                       "load the model again without it")
         self._text_keys = [k for k in self._theta0 if k.startswith(model.text_prefix)]
         gen = torch.Generator().manual_seed(settings.seed)
         n_f = len(forget_set.forget_prompts)
@@ -83,6 +85,8 @@ class DiffusionObjective(Objective):
             r_idx = torch.arange(len(forget_set.retain_prompts)) + 2 * n_f
             x0_r = model.sample([self.prompts[i] for i in r_idx], [settings.seed * 100003 + 50000 + k
                                                                    for k in range(len(r_idx))])
+            require_finite({"forget": x0_f, "retain": x0_r}, "the forget/retain images",
+                           "the images given, or the ones the model drew (check the sampler's cfg and steps)")
             half = len(f_idx) // 2
             self.forget = self._forget_split(x0_f[:half], f_idx[:half], n_f, gen, settings.timesteps_per_image)
             self.forget_val = self._forget_split(x0_f[half:], f_idx[half:], n_f, gen, 2)
@@ -92,6 +96,8 @@ class DiffusionObjective(Objective):
             cut = max(1, n_r // 3)
             self.retain_val = _take(retain_all, perm[:cut])
             self.retain = _take(retain_all, perm[cut:]) if n_r > 1 else retain_all
+            require_finite({"forget": self.forget.frozen, "retain": self.retain.frozen}, "the model's predictions",
+                           "the model computes NaN on these inputs; check its weights and the conditioning")
             self.gap = float((self.forget.frozen - self.forget.target).pow(2).mean())
             self.gap_val = float((self.forget_val.frozen - self.forget_val.target).pow(2).mean())
         if self.gap <= 0 or self.gap_val <= 0:
