@@ -146,6 +146,11 @@ class ComfyServer:
         """Every image of one node's ui output, as (N, H, W, 3) uint8."""
         return np.stack([self.image(i["filename"], i["subfolder"], i["type"]) for i in ui_output["images"]])
 
+    def rss_mb(self) -> float:
+        """The server process's resident memory now."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
     def _check_alive(self) -> None:
         if self.process.poll() is not None:
             raise ComfyError(f"the ComfyUI server exited with code {self.process.returncode}; log tail:\n"
@@ -174,7 +179,8 @@ class ComfyServer:
                 self.process.wait()
 
 
-def start_server(base_dir: Path, timeout: float = 180.0, max_file_bytes: int | None = None) -> ComfyServer:
+def start_server(base_dir: Path, timeout: float = 180.0, max_file_bytes: int | None = None,
+                 extra_args: tuple[str, ...] = ()) -> ComfyServer:
     """Start ComfyUI headless on CPU with this pack, on a free local port, and wait until it answers.
     `max_file_bytes` caps the size of any file the server writes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write
     past it fails with EFBIG): how tests simulate a full disk without privileges."""
@@ -187,7 +193,7 @@ def start_server(base_dir: Path, timeout: float = 180.0, max_file_bytes: int | N
         "--base-directory", str(base_dir),
         # The default database lives in ComfyUI's own user/ folder, which the bundled copy lacks.
         "--database-url", f"sqlite:///{base_dir / 'user' / 'comfyui.db'}",
-        "--disable-auto-launch",
+        "--disable-auto-launch", *extra_args,
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=comfy_dir, stdout=log, stderr=subprocess.STDOUT,
