@@ -22,6 +22,7 @@ from pathlib import Path
 from benchmarks.common import save_figure
 from razor_core.minicanvas import data
 from tests.comfy_server import ComfyServer, start_server
+from tests.razor_graphs import small_unlearning_chain
 
 WARM_UP = 5   # runs before the baseline: first loads, allocator pools and torch's caches fill up
 WINDOW = 5    # runs per measuring window (baseline right after warm-up, and the last ones)
@@ -40,31 +41,15 @@ def concept_prompt(index: int) -> dict:
         forget = f"a {concept} in neon style => neon style\na {concept} in brick style => brick style"
         retain = "\n".join(f"a {o} in neon style" for o in others)
     return {
-        "load": {"class_type": "RazorLoadMiniCanvas", "inputs": {}},
-        "forget": {"class_type": "RazorLoadForgetSet", "inputs": {
-            "concept": concept, "kind": kind, "preset": "custom", "forget_prompts": forget, "anchor": "",
-            "retain_prompts": retain}},
-        "latent": {"class_type": "EmptyChromaRadianceLatentImage", "inputs": {"width": 32, "height": 32,
-                                                                              "batch_size": 1}},
-        "score": {"class_type": "RazorScoreHeads", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["forget", 0], "latent": ["latent", 0],
-            "granularity": "heads", "blocks": "all", "seed": index, "steps": 4, "cfg": 4.0,
-            "sampler_name": "euler", "scheduler": "simple"}},
-        "grow": {"class_type": "RazorGrowEditSet", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["forget", 0], "scores": ["score", 0],
-            "method": "razor", "max_initial_units": 2, "max_rounds": 1, "forget_target": 0.8,
-            "retain_tolerance": 0.05}},
-        "apply": {"class_type": "RazorApplyEdit", "inputs": {"model": ["load", 0], "edit": ["grow", 0],
-                                                             "strength": 1.0, "clip": ["load", 1]}},
+        **small_unlearning_chain(concept, kind, forget, retain, seed=index, filename_prefix=f"razor/repeat_{concept}"),
         "sample": {"class_type": "KSampler", "inputs": {
             "model": ["apply", 0], "positive": ["positive", 0], "negative": ["negative", 0],
             "latent_image": ["latent", 0], "seed": index, "steps": 4, "cfg": 4.0, "sampler_name": "euler",
             "scheduler": "simple", "denoise": 1.0}},
-        "positive": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["apply", 1], "text": forget.split(" =>")[0]}},
+        "positive": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["apply", 1],
+                                                                "text": forget.split(" =>")[0]}},
         "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["apply", 1], "text": ""}},
         "preview": {"class_type": "PreviewAny", "inputs": {"source": ["sample", 0]}},
-        "save": {"class_type": "RazorSaveUnlearnedModel", "inputs": {
-            "edit": ["grow", 0], "format": "edit file", "filename_prefix": f"razor/repeat_{concept}"}},
     }
 
 

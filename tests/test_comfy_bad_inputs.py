@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tests.comfy_server import ComfyError, ComfyServer, start_server
+from tests.razor_graphs import small_unlearning_chain
 
 CAP_BYTES = 8 * 2**20
 NAN, INF = float("nan"), float("inf")
@@ -34,28 +35,9 @@ GOOD_EDIT = "good_edit.safetensors"   # the chain's saved edit, copied into mode
 def chain(until: str = "save", **overrides) -> dict:
     """The valid chain up to node `until` ('score', 'grow', 'apply' or 'save'); `overrides` replace inputs, keyed
     `node__input`."""
-    graph = {
-        "load": {"class_type": "RazorLoadMiniCanvas", "inputs": {}},
-        "forget": {"class_type": "RazorLoadForgetSet", "inputs": {
-            "concept": "neon", "kind": "style", "preset": "custom", "forget_prompts": FORGET, "anchor": "",
-            "retain_prompts": RETAIN}},
-        "latent": {"class_type": "EmptyChromaRadianceLatentImage", "inputs": {"width": 32, "height": 32,
-                                                                              "batch_size": 1}},
-        "score": {"class_type": "RazorScoreHeads", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["forget", 0], "latent": ["latent", 0],
-            "granularity": "heads", "blocks": "all", "seed": 0, "steps": 4, "cfg": 4.0, "sampler_name": "euler",
-            "scheduler": "simple"}},
-        "grow": {"class_type": "RazorGrowEditSet", "inputs": {
-            "model": ["load", 0], "clip": ["load", 1], "forget_set": ["forget", 0], "scores": ["score", 0],
-            "method": "razor", "max_initial_units": 2, "max_rounds": 1, "forget_target": 0.8,
-            "retain_tolerance": 0.05}},
-        "apply": {"class_type": "RazorApplyEdit", "inputs": {"model": ["load", 0], "edit": ["grow", 0],
-                                                             "strength": 1.0, "clip": ["load", 1]}},
-        "applied": {"class_type": "RazorFingerprint", "inputs": {"model": ["apply", 0], "clip": ["apply", 1],
-                                                                 "label": "applied"}},
-        "save": {"class_type": "RazorSaveUnlearnedModel", "inputs": {
-            "edit": ["grow", 0], "format": "edit file", "filename_prefix": "razor/catalogue"}},
-    }
+    graph = small_unlearning_chain("neon", "style", FORGET, RETAIN, filename_prefix="razor/catalogue")
+    graph["applied"] = {"class_type": "RazorFingerprint", "inputs": {"model": ["apply", 0], "clip": ["apply", 1],
+                                                                     "label": "applied"}}
     order = ["load", "forget", "latent", "score", "grow", "apply", "applied", "save"]
     keep = order[:order.index(until) + 1] + (["applied"] if until == "apply" else [])
     graph = {k: v for k, v in graph.items() if k in keep}
