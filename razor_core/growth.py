@@ -49,11 +49,10 @@ class RazorConfig:
             raise ValueError("max_rounds and max_initial_units must be at least 1 (they are budgets)")
         if not 0.0 < self.forget_target <= 1.0:  # written so that NaN fails too
             raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
-        for name, lowest in (("alpha", "0"), ("threshold", "0"), ("damping", "above 0"),
-                             ("drift_tolerance", "above 0")):
+        for name, rule in (("alpha", ">= 0"), ("threshold", ">= 0"), ("damping", "> 0"), ("drift_tolerance", "> 0")):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (lowest == "above 0" and value == 0):
-                raise ValueError(f"{name} must be a finite number, {lowest} or more; got {value}")
+            if not math.isfinite(value) or value < 0 or (rule == "> 0" and value == 0):
+                raise ValueError(f"{name} must be a finite number {rule}; got {value}")
 
 
 @dataclass
