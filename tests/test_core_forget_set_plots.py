@@ -30,9 +30,14 @@ def test_bad_forget_sets_name_the_problem(concept, prompts, anchor, retain, mess
         from_text(concept, "style", prompts, anchor, retain)
 
 
-def test_nan_images_are_refused():
-    with pytest.raises(ValueError, match="NaN"):
-        from_text("neon", "style", "a {concept} star", "plain", "a star", torch.full((1, 3, 8, 8), float("nan")))
+@pytest.mark.parametrize("images, message", [
+    (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+    (torch.zeros(0, 3, 8, 8), "image batch is empty: connect at least one image"),
+    (torch.zeros(2, 4, 8, 8), "must be RGB.* drop the alpha channel"),
+])
+def test_bad_images_are_refused(images: torch.Tensor, message: str):
+    with pytest.raises(ValueError, match=message):
+        from_text("neon", "style", "a {concept} star", "plain", "a star", images)
 
 
 def test_score_grid_puts_heads_in_columns_and_layers_in_column_zero():
