@@ -67,3 +67,20 @@ def test_tokenizer_corpus_covers_every_concept():
     corpus = " ".join(text.tokenizer_corpus())
     for name in data.STYLES + data.OBJECTS:
         assert name in corpus
+
+
+@pytest.mark.parametrize("domain", ["style", "object"])
+def test_forget_sets_never_see_the_evaluation_phrasing_and_retain_many(domain):
+    from razor_core.minicanvas.unlearn import forget_set_for
+
+    names = data.STYLES if domain == "style" else data.OBJECTS
+    forget_set = forget_set_for(domain, 2)
+    evaluation = {data.EVAL_TEMPLATE.format(style=s, object=o) for s in data.STYLES for o in data.OBJECTS}
+    prompts = forget_set.forget_prompts + forget_set.retain_prompts
+    assert not evaluation & set(prompts)
+    assert all(names[2] in p for p in forget_set.forget_prompts)
+    assert not any(names[2] in p.split() or f"{names[2]}," in p for p in forget_set.retain_prompts)
+    # Retain prompts use every non-evaluation phrasing, so protection does not hinge on one word order.
+    phrasings = {t for t in data.TRAIN_TEMPLATES[1:] for s in data.STYLES for o in data.OBJECTS
+                 if t.format(style=s, object=o) in forget_set.retain_prompts}
+    assert phrasings == set(data.TRAIN_TEMPLATES[1:])

@@ -20,7 +20,13 @@ from .pipeline import load_classifier, load_clip, load_pipeline
 
 # Unlearning never sees the evaluation template (TRAIN_TEMPLATES[0]) nor the paraphrases.
 UNLEARN_TEMPLATES = data.TRAIN_TEMPLATES[1:3]
-RETAIN_TEMPLATE = data.TRAIN_TEMPLATES[3]
+# Retain prompts rotate through every other template, the forget prompts' own included: an edit protected on one
+# phrasing only was seen to break the other concepts under the phrasings it never saw.
+RETAIN_TEMPLATES = data.TRAIN_TEMPLATES[1:]
+
+
+def _retain_prompts(cells: list[tuple[str, str]]) -> list[str]:
+    return [RETAIN_TEMPLATES[k % len(RETAIN_TEMPLATES)].format(style=s, object=o) for k, (s, o) in enumerate(cells)]
 
 
 def list_targets() -> list[str]:
@@ -45,7 +51,7 @@ def forget_set_for(domain: str, index: int) -> ForgetSet:
             for j, tmpl in enumerate(UNLEARN_TEMPLATES):
                 forget.append(tmpl.format(style=style, object=obj))
                 anchor.append(text.OBJECT_ONLY_TEMPLATES[(k + j) % len(text.OBJECT_ONLY_TEMPLATES)].format(object=obj))
-        retain += [RETAIN_TEMPLATE.format(style=s, object=o) for s in data.STYLES if s != style for o in data.OBJECTS]
+        retain += _retain_prompts([(s, o) for s in data.STYLES if s != style for o in data.OBJECTS])
         concept = style
     else:
         obj = data.OBJECTS[index]
@@ -53,7 +59,7 @@ def forget_set_for(domain: str, index: int) -> ForgetSet:
             for j, tmpl in enumerate(UNLEARN_TEMPLATES):
                 forget.append(tmpl.format(style=style, object=obj))
                 anchor.append(text.STYLE_ONLY_TEMPLATES[(k + j) % len(text.STYLE_ONLY_TEMPLATES)].format(style=style))
-        retain += [RETAIN_TEMPLATE.format(style=s, object=o) for s in data.STYLES for o in data.OBJECTS if o != obj]
+        retain += _retain_prompts([(s, o) for s in data.STYLES for o in data.OBJECTS if o != obj])
         concept = obj
     return ForgetSet(concept, domain, tuple(forget), tuple(anchor), tuple(retain))
 
@@ -102,6 +108,7 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
         "units": [u.name for u in result.units], "edit_bytes": len(edit.to_bytes()),
         "forget_progress": result.rounds[-1].forget_progress, "retain_drift": result.rounds[-1].retain_drift,
         "round_log": [asdict(r) for r in result.rounds],
+        "accuracy_after": evaluate.accuracy_report(answers),
     }
 
 
