@@ -39,7 +39,8 @@ class RazorConfig:
     drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
     retain_sketch: int = 0            # random retain-output projections to keep steps orthogonal to (0: off)
     precondition: bool = True         # shape steps by the edited layers' retain inputs (see preconditioner.py)
-    damping: float = 0.001            # ridge of that preconditioner, relative to the mean input energy
+    damping: float = 0.001            # ridge of that preconditioner, relative to the mean input energy (small, so
+                                      # steps stay on inputs retain data never uses; 0.1 let them reach retain ones)
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
