@@ -143,7 +143,7 @@ class RazorScoreHeads(io.ComfyNode):
             sampler = comfy_sampler(model, clip, latent, steps, cfg, sampler_name, scheduler)
             adapter = adapter_for(model, clip, sampler, granularity, blocks)
             # 64 samples per gradient micro-batch: every call through ComfyUI's apply_model has a fixed cost, and
-            # the demo took 43 s with 64 against 67 s with razor_core's memory-lean default of 16 (2 CPU cores).
+            # the demo took 43 s with 64 against 67 s with a micro-batch of 16 (2 CPU cores).
             objective = DiffusionObjective(adapter, forget_set, DiffusionSettings(seed=seed, micro_batch=64))
             progress(1, 2, "gradients")
             scoring = growth.score(objective)

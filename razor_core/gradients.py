@@ -21,8 +21,15 @@ class Gradients:
     retain_sketch: list[Params] = field(default_factory=list)
 
 
+def _leaves(params: Params) -> Params:
+    """Differentiable aliases of `params`; only inference tensors (ComfyUI loads weights as such) need a copy,
+    the others are shared, which keeps a model's worth of copies out of the peak memory."""
+    return {k: (v.detach().clone() if v.is_inference() else v.detach()).requires_grad_(True)
+            for k, v in params.items()}
+
+
 def _mean_gradient(objective: Objective, loss_name: str, split: str, params: Params) -> tuple[Params, int]:
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    leaves = _leaves(params)
     loss_fn = getattr(objective, loss_name)
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     n = 0
@@ -30,20 +37,20 @@ def _mean_gradient(objective: Objective, loss_name: str, split: str, params: Par
         for batch in objective.batches(split):
             loss = loss_fn(leaves, batch)
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            for (name, acc), g in zip(total.items(), grads):
+            for acc, g in zip(total.values(), grads):
                 if g is not None:
                     acc += g
             n += 1
     if n == 0:
         raise ValueError(f"the {split} set is empty: give at least one {split} prompt or image")
-    return {k: v / n for k, v in total.items()}, n
+    return {k: v.div_(n) for k, v in total.items()}, n
 
 
 def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0) -> tuple[list[Params], int]:
     """Gradients of `size` random projections <outputs, e_k> of the retain outputs: a randomized sketch of the
     directions in which a step would move retain behaviour (first order), so the step can avoid them."""
     gen = torch.Generator().manual_seed(seed)
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    leaves = _leaves(params)
     sketch = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(size)]
     passes = 0
     with torch.enable_grad():

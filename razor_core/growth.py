@@ -22,7 +22,7 @@ from .gradients import Gradients, compute_gradients
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
-from .update import StepWeights, add, directions, search_step, step_delta
+from .update import StepWeights, add, directions, refine_units, search_step, step_delta
 from .units import EditUnit
 
 STALL = 0.01  # a round that improves forget progress by less than this ends the growth
@@ -172,21 +172,25 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         tried = []
         for edit_set in candidates:
             dirs = directions(edit_set, grads, weights, preconditioner_for(objective, edit_set, current, config))
-            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
-                                                      refine=[added] if added else None)))
+            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance)))
         edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
+        # Per-unit steps for the kept candidate only: every unit in round 0, later only the unit just added.
+        found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, found,
+                             [added] if added else [u.name for u in edit_set])
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():
             delta[name] = delta[name] + t if name in delta else t
         records.append(RoundRecord(r, [u.name for u in edit_set], added, found.scale, found.etas,
                                    found.validation.forget_progress, found.validation.retain_drift,
-                                   sum(t[2].probes for t in tried), time.time() - start))
+                                   found.probes + sum(t[2].probes for t in tried if t[1] is not dirs),
+                                   time.time() - start))
         if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
             break
         if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
             break  # the last unit added could not move forgetting any further within the retain tolerance
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
         # these same gradients.
+        scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
         grads = compute_gradients(objective, add(theta0, delta), sketch_size=sketch)
         backward += grads.backward_passes
         rescored = score_units(units, add(theta0, delta), grads.forget, grads.retain, config.alpha)

@@ -8,8 +8,10 @@ For the units of the edit set K (SPEC §3):
 with raw gradients, so units whose forget gradient is larger (farther from their target) move more. Step sizes are
 found on the validation split in two short searches: first one η shared by K, expressed as a fraction s of the edit
 set's weight norm (η = s·‖θ_K‖/‖d_K‖: scale-free, so the same search works for any model), doubling from s = 0.002
-while the retain drift stays within tolerance, then bisecting next to the step with the best forget progress; then each unit's own η_u = m_u·η by trying
-m_u ∈ {2, ½} and keeping what helps.
+while the retain drift stays within tolerance and forget progress still improves (progress peaks and then falls as
+the step overshoots; doubling on until the drift limit was measured to spend about a third of all probes past that
+peak), then bisecting next to the step with the best forget progress; then (`refine_units`) each unit's own
+η_u = m_u·η by trying m_u ∈ {2, ½} and keeping what helps.
 """
 from __future__ import annotations
 
@@ -98,9 +100,9 @@ class _Prober:
 
 def search_step(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
                 drift_tolerance: float, start: float = 0.002, max_scale: float = 1.0, bisections: int = 4,
-                refine: list[str] | None = None) -> SearchResult:
-    """`refine`: the units whose own η_u is tried at ×2 and ×½ (default: all; growth rounds pass only the unit just
-    added, since the others were refined when they joined)."""
+                patience: int = 2) -> SearchResult:
+    """The shared step: the largest forget progress within the retain tolerance along s·‖θ_K‖/‖d_K‖·d.
+    `patience`: doubling stops after this many probes in a row that did not improve forget progress."""
     probe = _Prober(objective, params, units, dirs, drift_tolerance)
     d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
     if d_norm == 0.0:
@@ -111,14 +113,18 @@ def search_step(objective: Objective, params: Params, units: list[EditUnit], dir
         return {u.name: scale * theta_norm / d_norm for u in units}
 
     best_scale, best = 0.0, None
-    lo, hi, scale = 0.0, max_scale, start
-    while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance
+    lo, hi, scale, stale = 0.0, max_scale, start, 0
+    while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance and helps
         v = probe(etas_for(scale))
         if v.retain_drift > drift_tolerance:
             hi = scale
             break
         if probe.better(v, best):
-            best_scale, best = scale, v
+            best_scale, best, stale = scale, v, 0
+        else:
+            stale += 1
+            if stale == patience:  # past the peak: larger steps overshoot the forget target
+                break
         scale *= 2.0
     if best is not None:  # bisect between the best allowed step and its larger neighbour
         lo, hi = best_scale, min(hi, best_scale * 2.0)
@@ -129,16 +135,25 @@ def search_step(objective: Objective, params: Params, units: list[EditUnit], dir
             best_scale, best, lo = mid, v, mid
         else:
             hi = mid
-    etas = etas_for(best_scale)
-    refine = [u.name for u in units] if refine is None else refine
-    if best is not None and len(units) > 1:
-        for unit in (u for u in units if u.name in refine):  # each unit's own step: try twice and half as large
-            for factor in (2.0, 0.5):
-                trial = {**etas, unit.name: etas[unit.name] * factor}
-                v = probe(trial)
-                if probe.better(v, best):
-                    etas, best = trial, v
-                    break
     if best is None:
-        best = probe({u.name: 0.0 for u in units})
-    return SearchResult(etas, best_scale, best, probe.count)
+        return SearchResult({u.name: 0.0 for u in units}, 0.0, probe({u.name: 0.0 for u in units}), probe.count)
+    return SearchResult(etas_for(best_scale), best_scale, best, probe.count)
+
+
+def refine_units(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
+                 drift_tolerance: float, found: SearchResult, refine: list[str]) -> SearchResult:
+    """Each unit in `refine` tries its own η_u at twice and half the shared step, keeping what improves forget
+    progress within the tolerance (growth rounds pass only the unit just added: the others were refined when they
+    joined)."""
+    if found.scale == 0.0 or len(units) < 2:
+        return found
+    probe = _Prober(objective, params, units, dirs, drift_tolerance)
+    etas, best = found.etas, found.validation
+    for unit in (u for u in units if u.name in refine):
+        for factor in (2.0, 0.5):
+            trial = {**etas, unit.name: etas[unit.name] * factor}
+            v = probe(trial)
+            if probe.better(v, best):
+                etas, best = trial, v
+                break
+    return SearchResult(etas, found.scale, best, found.probes + probe.count)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from razor_core import growth
+from razor_core import growth, update
 from razor_core.objective import Objective, Validation
 from razor_core.scoring import UnitScore, pareto_front, score_units
 from razor_core.units import EditUnit, Slice
@@ -83,6 +83,25 @@ def test_step_search_respects_the_drift_tolerance():
     result = growth.run(ToyObjective(), config)
     assert result.rounds[0].retain_drift <= 0.05
     assert result.rounds[0].forget_progress > 0
+
+
+
+def test_step_search_stops_doubling_past_the_forget_peak():
+    """Drift far inside the tolerance: the search must stop two probes after forget progress peaks (larger steps
+    only overshoot the target) instead of doubling on to the scale cap, and still return the peak."""
+    objective = ToyObjective()
+    objective.theta0 = {"a": 100 * torch.ones(4)}  # the target lies at 1 % of ‖a‖ along the direction below
+    objective.target = {"a": objective.theta0["a"] + torch.tensor([2.0, 0, 0, 0])}
+    objective.gap = 4.0
+    unit = objective.units()[0]
+    dirs = {unit.name: torch.tensor([1.0, 0, 0, 0])}
+    found = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, bisections=0)
+    exhaustive = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, bisections=0,
+                                    patience=100)
+    assert (found.probes, exhaustive.probes) == (5, 9)  # s = 0.002·2^k: peak at k = 2, cap 1.0 at k = 8
+    assert found.scale == exhaustive.scale == pytest.approx(0.008)
+    assert found.validation.forget_progress > 0.9
+
 
 
 def test_retain_sketch_keeps_steps_out_of_retain_sensitive_directions():
