@@ -1,11 +1,13 @@
 """Gradients of the forget, retain and mismatch losses, for the candidate parameters only.
 
-One pass over each split's micro-batches; memory is bounded by the micro-batch, and no other parameter gets a
-gradient or optimizer state (the model's own parameters are never set to require grad).
+One pass over each split's micro-batches (retain and mismatch share theirs); memory is bounded by the micro-batch,
+and no other parameter gets a gradient or optimizer state (the model's own parameters are never set to require
+grad).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -28,22 +30,26 @@ def _leaves(params: Params) -> Params:
             for k, v in params.items()}
 
 
-def _mean_gradient(objective: Objective, loss_name: str, split: str, params: Params) -> tuple[Params, int]:
+def _mean_gradients(objective: Objective, split: str, params: Params, count: int,
+                    losses_of: Callable[[Params, Any], Sequence[torch.Tensor]]) -> tuple[list[Params], int]:
+    """Mean gradient of each of the `count` losses that `losses_of` computes from one forward pass per micro-batch of
+    `split` (retain and mismatch share theirs), each loss with its own backward."""
     leaves = _leaves(params)
-    loss_fn = getattr(objective, loss_name)
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    totals = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(count)]
     n = 0
     with torch.enable_grad():
         for batch in objective.batches(split):
-            loss = loss_fn(leaves, batch)
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            for acc, g in zip(total.values(), grads):
-                if g is not None:
-                    acc += g
+            losses = losses_of(leaves, batch)
+            for k, (loss, total) in enumerate(zip(losses, totals, strict=True)):
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True,
+                                            retain_graph=k + 1 < len(losses))
+                for acc, g in zip(total.values(), grads):
+                    if g is not None:
+                        acc += g
             n += 1
     if n == 0:
         raise ValueError(f"the {split} set is empty: give at least one {split} prompt or image")
-    return {k: v.div_(n) for k, v in total.items()}, n
+    return [{k: v.div_(n) for k, v in total.items()} for total in totals], n
 
 
 def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0) -> tuple[list[Params], int]:
@@ -71,11 +77,12 @@ def compute_gradients(objective: Objective, params: Params, with_mismatch: bool 
                       sketch_size: int = 0) -> Gradients:
     """∇ of each loss at `params` (the mismatch gradient is zero at θ⁰ by construction, so it is skipped there),
     plus an optional sketch of the retain outputs' sensitivity."""
-    forget, n_f = _mean_gradient(objective, "forget_loss", "forget", params)
-    retain, n_r = _mean_gradient(objective, "retain_loss", "retain", params)
+    (forget,), n_f = _mean_gradients(objective, "forget", params, 1, lambda p, b: (objective.forget_loss(p, b),))
     if with_mismatch:
-        mismatch, n_m = _mean_gradient(objective, "mismatch_loss", "retain", params)
+        (retain, mismatch), n_r = _mean_gradients(objective, "retain", params, 2, objective.retain_losses)
+        n_m = n_r
     else:
+        (retain,), n_r = _mean_gradients(objective, "retain", params, 1, lambda p, b: (objective.retain_loss(p, b),))
         mismatch, n_m = {k: torch.zeros_like(v) for k, v in params.items()}, 0
     sketch, n_s = retain_sketch(objective, params, sketch_size) if sketch_size else ([], 0)
     return Gradients(forget, retain, mismatch, n_f + n_r + n_m + n_s, sketch)

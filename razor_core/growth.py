@@ -191,9 +191,10 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
         # these same gradients.
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
-        grads = compute_gradients(objective, add(theta0, delta), sketch_size=sketch)
+        edited = add(theta0, delta)
+        grads = compute_gradients(objective, edited, sketch_size=sketch)
         backward += grads.backward_passes
-        rescored = score_units(units, add(theta0, delta), grads.forget, grads.retain, config.alpha)
+        rescored = score_units(units, edited, grads.forget, grads.retain, config.alpha)
         in_set = {u.name for u in edit_set}
         candidates = [s for s in rescored if s.unit not in in_set]
         if not candidates:

@@ -71,6 +71,10 @@ class Objective(ABC):
     def mismatch_loss(self, params: Params, batch: Any) -> torch.Tensor:
         """Decreased: drift from the frozen model's outputs on retain data (zero at θ⁰)."""
 
+    def retain_losses(self, params: Params, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(retain_loss, mismatch_loss) of one batch; families override it to share one forward pass."""
+        return self.retain_loss(params, batch), self.mismatch_loss(params, batch)
+
     @abstractmethod
     def retain_outputs(self, params: Params, batch: Any) -> torch.Tensor:
         """The model's outputs on retain data that must not move (their sensitivity protects retention)."""

@@ -170,6 +170,10 @@ class DiffusionObjective(Objective):
         pred, data, sl = self._pred(params, batch)
         return (pred - data.target[sl]).pow(2).mean()
 
+    def retain_losses(self, params: Params, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        pred, data, sl = self._pred(params, batch)
+        return (pred - data.target[sl]).pow(2).mean(), (pred - data.frozen[sl]).pow(2).mean() / self.gap
+
     def retain_outputs(self, params: Params, batch) -> torch.Tensor:
         return self._pred(params, batch)[0]
 
@@ -183,7 +187,8 @@ class DiffusionObjective(Objective):
     def run_retain(self, params: Params) -> None:
         # The text encoder on the retain prompts explicitly: below, untouched text weights reuse cached contexts.
         self.model.encode(params, [self.prompts[i] for i in self.retain.prompt.unique().tolist()])
-        super().run_retain(params)
+        with torch.no_grad():  # nothing kept for backward: the large batches of the validation probes
+            self._predict(params, self.retain.x, self.retain.t, self.retain.prompt, self.settings.validation_batch)
 
     def validate(self, params: Params) -> Validation:
         batch = self.settings.validation_batch
