@@ -47,9 +47,10 @@ class DiffusionSettings:
     timesteps_per_image: int = 4     # noisy samples per generated image (gradient split)
     validation_images: int = 8       # forget images held out for validation
     micro_batch: int = 8             # bounds the activations kept for backward (MiniCanvas peak RSS: 1.41 GB at 64,
-                                     # 1.05 at 16, 0.98 at 8, at the same speed; benchmarks/compare.py measures it)
-    validation_batch: int = 64       # no-grad batches of the validation probes (nothing kept for backward; 16 -> 64
-                                     # made a MiniCanvas probe about 15% faster)
+                                     # 1.05 at 16, 0.95-0.98 at 8, which costs ~1.5 s more per run than 16;
+                                     # benchmarks/compare.py and benchmarks/profile_razor.py measure both)
+    validation_batch: int = 64       # no-grad batches of the validation probes and the preconditioner's retain pass
+                                     # (nothing kept for backward; 16 -> 64 made a MiniCanvas probe ~12% faster)
     seed: int = 0
 
 
