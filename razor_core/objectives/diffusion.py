@@ -168,8 +168,7 @@ class DiffusionObjective(Objective):
         return 1.0 - (pred - data.target[sl]).pow(2).mean() / self.gap
 
     def retain_loss(self, params: Params, batch) -> torch.Tensor:
-        pred, data, sl = self._pred(params, batch)
-        return (pred - data.target[sl]).pow(2).mean()
+        return self.retain_losses(params, batch)[0]
 
     def retain_losses(self, params: Params, batch) -> tuple[torch.Tensor, torch.Tensor]:
         pred, data, sl = self._pred(params, batch)
@@ -179,8 +178,7 @@ class DiffusionObjective(Objective):
         return self._pred(params, batch)[0]
 
     def mismatch_loss(self, params: Params, batch) -> torch.Tensor:
-        pred, data, sl = self._pred(params, batch)
-        return (pred - data.frozen[sl]).pow(2).mean() / self.gap
+        return self.retain_losses(params, batch)[1]
 
     def module_root(self) -> nn.Module | None:
         return self.model.params_root()
