@@ -189,16 +189,18 @@ def main(argv: list[str] | None = None) -> None:
                                                                 unlearn.list_targets())
     seed_arg = ["--eval-seeds", ",".join(map(str, seeds))]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
-    for target in targets:
+    results = {"machine": f"{torch.get_num_threads()} threads", "targets": targets, "eval_seeds": list(seeds),
+               "inference": _child(["--inference"]), "model_bytes": _child(["--model-bytes"]), "runs": runs}
+    for done, target in enumerate(targets, 1):
         for method in methods:  # methods interleaved per target: they see the same machine load
             r = _child(["--one", method, target, *seed_arg])
             runs[method].append(r)
             print(f"{method:5s} {target:16s} " + " ".join(f"{k}={r[k]:.1f}" for k in CELLS)
                   + f" s={r['seconds']:.1f} peak={r['peak_rss_mb']:.0f}MB", file=sys.stderr, flush=True)
-    results = {"machine": f"{torch.get_num_threads()} threads", "targets": targets, "eval_seeds": list(seeds),
-               "inference": _child(["--inference"]), "model_bytes": _child(["--model-bytes"]), "runs": runs}
-    results["summary"] = summarize(runs, results["inference"], results["model_bytes"])
-    atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
+        # Rewritten after every target: a full run takes over an hour, and one cut short keeps what it finished.
+        results["completed_targets"] = done
+        results["summary"] = summarize(runs, results["inference"], results["model_bytes"])
+        atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
     plot(results, args.plot or args.json.with_suffix(".png"))
     print(markdown(results))
 
