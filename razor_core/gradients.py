@@ -63,7 +63,7 @@ def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0
         for batch in objective.batches("retain"):
             out = objective.retain_outputs(leaves, batch)
             for acc in sketch:
-                probe = torch.randn(out.shape, generator=gen)
+                probe = torch.randn(out.shape, generator=gen).to(out.device)
                 grads = torch.autograd.grad((out * probe).sum(), list(leaves.values()), retain_graph=True,
                                             allow_unused=True)
                 for (name, a), g in zip(acc.items(), grads):

@@ -35,7 +35,7 @@ def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Cal
     def hook_for(name: str):
         def hook(module: nn.Module, inputs: tuple, _output) -> None:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+            x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
             sums[name] = sums.get(name, 0) + x.t() @ x
             counts[name] += len(x)
         return hook
@@ -54,7 +54,7 @@ def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Cal
 
 
 def _inverse(moment: torch.Tensor, damping: float) -> torch.Tensor:
-    eye = torch.eye(len(moment), dtype=moment.dtype)
+    eye = torch.eye(len(moment), dtype=moment.dtype, device=moment.device)
     ridge = damping * float(torch.diagonal(moment).mean())
     return torch.linalg.inv(moment + ridge * eye)
 

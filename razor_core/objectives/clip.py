@@ -141,7 +141,8 @@ class ClipObjective(Objective):
         captions = list(self.data.retain_captions[batch])
         img = _normed(self.model.image_features(params, self.data.retain_images[batch]))
         logits = self.model.logit_scale() * img @ self._text(params, captions).t()
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=logits.dtype)
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=logits.dtype,
+                            device=logits.device)
         targets = same / same.sum(1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 

@@ -1,0 +1,94 @@
+"""The diffusers adapter on a toy UNet2DConditionModel + CLIPTextModel (SD1.5's layout, tiny sizes), and the GPU
+figure's script run at toy size on the CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import gpu_sd15
+from razor_core import growth
+from razor_core.forget_set import from_text
+from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
+from razor_core.units import unit_values
+
+
+@pytest.fixture(scope="module")
+def tiny() -> gpu_sd15.DiffusersText2Image:
+    return gpu_sd15.build(tiny=True, device="cpu", dtype=torch.float32)
+
+
+def test_units_are_the_unets_and_text_encoders_heads_and_mlps(tiny):
+    names = {u.name for u in tiny.units()}
+    attention = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    # transformers 5 dropped CLIPTextModel's `text_model` level; 4.x has it
+    text_layers = "text_encoder.encoder.layers" if hasattr(tiny.text_encoder, "encoder") else \
+        "text_encoder.text_model.encoder.layers"
+    for h in range(4):  # attention_head_dim=4 heads in the toy config, self- and cross-attention
+        assert f"{attention}.attn1.head{h}" in names and f"{attention}.attn2.head{h}" in names
+        assert f"{text_layers}.1.self_attn.head{h}" in names
+    assert {f"{attention}.ff.net.0.proj", f"{attention}.ff.net.2", f"{text_layers}.0.mlp.fc1"} <= names
+    kinds = {u.kind for u in tiny.units()}
+    assert kinds == {"head", "mlp"}
+
+
+def test_razor_on_the_toy_model_forgets_within_tolerance_and_edits_only_its_units(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    forget_set = from_text("Van Gogh", "style", gpu_sd15.FORGET_PROMPTS, "generic", gpu_sd15.RETAIN_PROMPTS)
+    objective = DiffusionObjective(tiny, forget_set, DiffusionSettings(seed=0))
+    config = growth.RazorConfig(max_rounds=2)
+    result = growth.run(objective, config)
+    last = result.rounds[-1]
+    assert last.forget_progress > 0.2 and last.retain_drift <= config.drift_tolerance
+    theta0 = objective.base_params()
+    touched = {}
+    for unit in result.units:  # zero every edited slice: what is left must be exactly zero
+        for s in unit.slices:
+            touched.setdefault(s.param, torch.zeros_like(theta0[s.param]))
+            s.of(touched[s.param]).fill_(1.0)
+    assert set(result.delta) <= set(touched)
+    for name, delta in result.delta.items():
+        assert delta.abs().sum() > 0 and (delta * (1 - touched[name])).abs().max() == 0
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items()), "the model was modified"
+
+
+def test_half_precision_weights_get_float32_parameters_and_gradients():
+    model = gpu_sd15.build(tiny=True, device="cpu", dtype=torch.float16)
+    unit = next(u for u in model.units() if u.name.endswith("attn2.head0"))
+    theta0 = model.base_params([unit])
+    assert all(v.dtype == torch.float32 for v in theta0.values())
+    leaves = {k: v.clone().requires_grad_(True) for k, v in theta0.items()}
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([0.3, 0.7])
+    pred = model.predict(leaves, x, t, model.encode(leaves, ["a portrait", "a landscape"]))
+    assert pred.dtype == torch.float32
+    pred.pow(2).mean().backward()
+    for leaf in leaves.values():
+        assert leaf.grad.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
+    assert unit_values(unit, {k: v.grad for k, v in leaves.items()}).abs().sum() > 0
+    assert next(model.unet.parameters()).dtype == torch.float16
+
+
+def test_epsilon_target_and_noising_follow_the_scheduler(tiny):
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    alphas = tiny.scheduler.alphas_cumprod[[0, 500, 999]].float()[:, None, None, None]
+    assert torch.allclose(tiny.noisy(x0, noise, t), alphas.sqrt() * x0 + (1 - alphas).sqrt() * noise)
+    assert torch.equal(tiny.denoise_target(x0, noise, t), noise)
+
+
+def test_gpu_figure_script_runs_at_toy_size(tmp_path):
+    out = tmp_path / "gpu.json"
+    row = gpu_sd15.main(["--tiny", "--device", "cpu", "--dtype", "float32", "--json", str(out)])
+    assert json.loads(out.read_text()) == row
+    assert row["seconds"] > row["self_generation_seconds"] > 0 and row["rounds"] >= 1 and row["units"]
+    assert row["forget_progress"] > 0 and row["peak_gb"] > 0 and row["paper"] == gpu_sd15.PAPER
+
+
+def test_unknown_prediction_type_is_refused(tiny):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**gpu_sd15.SD15_SCHEDULER, prediction_type="flow")
+    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+        gpu_sd15.DiffusersText2Image(tiny.unet, tiny.text_encoder, tiny.tokenizer, scheduler)
