@@ -30,22 +30,32 @@ def _leaves(params: Params) -> Params:
             for k, v in params.items()}
 
 
+def _scaled_grads(losses: Sequence[torch.Tensor], leaves: Params, scale: float) -> list[tuple]:
+    """Gradients of each loss × `scale` (one backward each, sharing the forward)."""
+    return [torch.autograd.grad(loss * scale, list(leaves.values()), allow_unused=True,
+                                retain_graph=k + 1 < len(losses)) for k, loss in enumerate(losses)]
+
+
 def _mean_gradients(objective: Objective, split: str, params: Params, count: int,
                     losses_of: Callable[[Params, Any], Sequence[torch.Tensor]]) -> tuple[list[Params], int]:
     """Mean gradient of each of the `count` losses that `losses_of` computes from one forward pass per micro-batch of
-    `split` (retain and mismatch share theirs), each loss with its own backward."""
+    `split` (retain and mismatch share theirs), each loss with its own backward. With a loss scale above 1, a
+    micro-batch whose scaled gradients overflow is computed again at a 16× smaller scale."""
     leaves = _leaves(params)
     totals = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(count)]
+    scale = objective.gradient_scale
     n = 0
     with torch.enable_grad():
         for batch in objective.batches(split):
-            losses = losses_of(leaves, batch)
-            for k, (loss, total) in enumerate(zip(losses, totals, strict=True)):
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True,
-                                            retain_graph=k + 1 < len(losses))
+            per_loss = _scaled_grads(losses_of(leaves, batch), leaves, scale)
+            while scale > 1.0 and not all(torch.isfinite(g).all() for grads in per_loss for g in grads
+                                          if g is not None):
+                scale = max(1.0, scale / 16)
+                per_loss = _scaled_grads(losses_of(leaves, batch), leaves, scale)
+            for grads, total in zip(per_loss, totals, strict=True):
                 for acc, g in zip(total.values(), grads):
                     if g is not None:
-                        acc += g
+                        acc += g / scale if scale != 1.0 else g
             n += 1
     if n == 0:
         raise ValueError(f"the {split} set is empty: give at least one {split} prompt or image")

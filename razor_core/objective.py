@@ -47,6 +47,11 @@ class Validation:
 class Objective(ABC):
     """A model family's unlearning problem: candidate units, θ⁰, micro-batched losses and a validation probe."""
 
+    # Losses are multiplied by this before each backward pass and the gradients divided by it after (AMP's loss
+    # scaling): a model that computes in float16 would otherwise carry its backward in fp16's subnormal range, where
+    # gradients lose their precision or flush to zero. 1 for float32/bfloat16 models (then nothing changes).
+    gradient_scale: float = 1.0
+
     @abstractmethod
     def units(self) -> list[EditUnit]:
         """Candidate edit units (already restricted to the requested granularity and blocks)."""

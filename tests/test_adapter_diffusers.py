@@ -9,13 +9,14 @@ import torch
 
 from benchmarks import gpu_sd15
 from razor_core import growth
+from razor_core.adapters.diffusers import DiffusersText2Image
 from razor_core.forget_set import from_text
 from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 from razor_core.units import unit_values
 
 
 @pytest.fixture(scope="module")
-def tiny() -> gpu_sd15.DiffusersText2Image:
+def tiny() -> DiffusersText2Image:
     return gpu_sd15.build(tiny=True, device="cpu", dtype=torch.float32)
 
 
@@ -91,4 +92,4 @@ def test_unknown_prediction_type_is_refused(tiny):
 
     scheduler = DDIMScheduler(**gpu_sd15.SD15_SCHEDULER, prediction_type="flow")
     with pytest.raises(ValueError, match="prediction_type 'flow'"):
-        gpu_sd15.DiffusersText2Image(tiny.unet, tiny.text_encoder, tiny.tokenizer, scheduler)
+        DiffusersText2Image(tiny.unet, tiny.text_encoder, tiny.tokenizer, scheduler)

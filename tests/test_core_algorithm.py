@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from razor_core import growth, update
+from razor_core.gradients import compute_gradients
 from razor_core.objective import Objective, Validation
 from razor_core.scoring import UnitScore, pareto_front, score_units
 from razor_core.units import EditUnit, Slice
@@ -110,6 +111,25 @@ def test_retain_sketch_keeps_steps_out_of_retain_sensitive_directions():
                                                       retain_sketch=4))
     assert result.delta["a"][0] != 0          # forgetting still moves a
     assert float(result.delta["a"][3]) == pytest.approx(0.0, abs=1e-6)  # but not the entry retain reads
+
+
+class HalfPrecisionObjective(ToyObjective):
+    """The forget loss goes through float16 with a ×100 gain (as a half-precision network would): at a loss scale of
+    2¹² its backward overflows fp16 (4096·100 > 65504), at 2⁸ it does not."""
+    gradient_scale = 2.0 ** 12
+
+    def forget_loss(self, params, batch):
+        return (params["a"].half() * 100).float().sum() + super().forget_loss(params, batch)
+
+
+def test_loss_scaling_backs_off_on_overflow_and_returns_unscaled_gradients():
+    scaled = compute_gradients(HalfPrecisionObjective(), ToyObjective().theta0)
+    plain = compute_gradients(ToyObjective(), ToyObjective().theta0)
+    assert torch.isfinite(scaled.forget["a"]).all()
+    assert torch.allclose(scaled.forget["a"] - plain.forget["a"], torch.full((4,), 100.0))
+    for k in ("b", "c"):
+        assert torch.equal(scaled.forget[k], plain.forget[k])
+        assert torch.equal(scaled.retain[k], plain.retain[k])
 
 
 def test_slug_mode_is_one_layer_one_round_forget_only():

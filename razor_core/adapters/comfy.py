@@ -120,6 +120,11 @@ class ComfyDiffusion(UnitModel):
     def device(self) -> torch.device:
         return next(iter(self._copies.values())).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        base = self._base[0]
+        return base.manual_cast_dtype or base.get_dtype()  # what apply_model casts its inputs to
+
     def base_params(self, units: list[EditUnit]) -> Params:
         """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16, whose gradients,
         scores and small steps would lose most of their precision (a step below half an fp16 ulp vanishes)."""

@@ -4,7 +4,8 @@
 Parameter names carry their tower (`unet.…`, `text_encoder.…`). Timesteps t ∈ (0, 1) map to the scheduler's
 discrete training timesteps; the denoising target follows the scheduler's `prediction_type` (ε, v or the sample).
 Half-precision models keep their weights: as in the ComfyUI adapter, θ⁰ of the candidate units is held in float32
-(gradients, scores and small steps need it) and cast to the layer's dtype inside the forward, differentiably.
+(gradients, scores and accumulated steps need it) and cast to the layer's dtype inside the forward, differentiably,
+so the validation probes see θ⁰ + Δ rounded as the half-precision model will hold it once the edit is applied.
 Self-generated images are latents drawn with classifier-free guidance by a fresh copy of the scheduler.
 """
 from __future__ import annotations
@@ -50,6 +51,10 @@ class DiffusersText2Image(UnitModel):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
     def units(self) -> list[EditUnit]:
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
@@ -83,7 +88,7 @@ class DiffusersText2Image(UnitModel):
         return (t.to(self.device, torch.float32) * (len(self._alphas) - 1)).round().long()
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.unet.parameters()).dtype
+        dtype = self.compute_dtype
         out = self._call("unet", params, (x.to(self.device, dtype), self._timesteps(t), context.to(dtype)), {})
         return out.sample.float()
 
@@ -106,7 +111,7 @@ class DiffusersText2Image(UnitModel):
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         """Latents drawn by the frozen model, `sample_batch` prompts at a time, each from its own seed."""
-        dtype = next(self.unet.parameters()).dtype
+        dtype = self.compute_dtype
         uncond = self.encode({}, [""])
         out = []
         for s in range(0, len(prompts), self.sample_batch):

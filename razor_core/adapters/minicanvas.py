@@ -35,6 +35,10 @@ class MiniCanvasDiffusion(UnitModel):
         self.denoiser = pipeline.denoiser
         self.requires_grad_(False)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
     def units(self) -> list[EditUnit]:
         heads = self.granularity == "heads"
         units: list[EditUnit] = []

@@ -28,6 +28,7 @@ class DiffusionModel(Protocol):
     """What the objective needs from a model family's adapter."""
 
     text_prefix: str  # parameter-name prefix of the text encoder(s)
+    compute_dtype: torch.dtype  # what the denoiser computes in (float16 turns on loss scaling)
 
     # `encode` returns the conditioning of a batch of prompts in whatever form the adapter's `predict` takes (a
     # context tensor, or context plus pooled vector); the objective only indexes it along the prompt dimension.
@@ -39,6 +40,10 @@ class DiffusionModel(Protocol):
     def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor: ...
     def params_root(self) -> nn.Module: ...
+
+
+FLOAT16_GRADIENT_SCALE = 2.0 ** 12  # the losses' gradients at the output are ~1e-6 (means over latents), below
+                                    # fp16's smallest normal number (6e-5); overflow backs off (gradients.py)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class DiffusionObjective(Objective):
     def __init__(self, model: DiffusionModel, forget_set: ForgetSet, settings: DiffusionSettings = DiffusionSettings()):
         self.model = model
         self.settings = settings
+        if model.compute_dtype == torch.float16:
+            self.gradient_scale = FLOAT16_GRADIENT_SCALE
         self._units = model.units()
         self._theta0 = model.base_params(self._units)
         require_finite(self._theta0, "the model's weights", "a checkpoint, merge or LoRA upstream is broken; "
