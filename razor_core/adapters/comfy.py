@@ -32,7 +32,7 @@ from torch.func import functional_call
 from ..edit import fingerprint
 from ..objective import Params
 from ..units import COMFY_STYLE, AttentionSpec, EditUnit
-from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
+from .base import DIFFUSION_BLOCKS, UnitModel, float32_theta0, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
 # MMDiT's SelfAttention; the last context block is "pre-only" (no `proj`, so no head of its own: its keys and values
@@ -128,11 +128,7 @@ class ComfyDiffusion(UnitModel):
     def base_params(self, units: list[EditUnit]) -> Params:
         """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16, whose gradients,
         scores and small steps would lose most of their precision (a step below half an fp16 ulp vanishes)."""
-        for p in (p for u in units for p in u.params):
-            if p not in self._theta0:
-                w = self._copies[p]
-                self._theta0[p] = w.float() if w.is_floating_point() and w.element_size() < 4 else w
-        return {p: self._theta0[p] for u in units for p in u.params}
+        return float32_theta0(units, self._copies, self._theta0)
 
     def fingerprint(self, names: list[str]) -> str:
         """Of the weights as they were when this adapter was made (the edit's base)."""

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from ..objective import Params
 from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit
-from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
+from .base import DIFFUSION_BLOCKS, UnitModel, float32_theta0, tower_units
 from .comfy import DENOISER_MLP_LEAVES
 
 
@@ -65,13 +65,7 @@ class DiffusersText2Image(UnitModel):
         return units
 
     def base_params(self, units: list[EditUnit]) -> Params:
-        """θ⁰ in float32 at least (a step below half an fp16 ulp would vanish)."""
-        named = dict(self.named_parameters())
-        for p in (p for u in units for p in u.params):
-            if p not in self._theta0:
-                w = named[p].detach()
-                self._theta0[p] = w.float() if w.is_floating_point() and w.element_size() < 4 else w
-        return {p: self._theta0[p] for u in units for p in u.params}
+        return float32_theta0(units, {k: v.detach() for k, v in self.named_parameters()}, self._theta0)
 
     def _call(self, tower: str, params: Params, args: tuple, kwargs: dict):
         """`tower`'s forward with `params` in place of its weights, each cast to the dtype its layer computes in."""
