@@ -86,7 +86,7 @@ def measure(tiny: bool, device: str, dtype: torch.dtype, concept: str = "Van Gog
     model_bytes = sum(p.numel() * p.element_size() for p in adapter.parameters())
     _synchronize(device)
     start = time.time()
-    adapter.sample(["a portrait in Van Gogh style"] * 8, list(range(8)))
+    adapter.sample([FORGET_PROMPTS.splitlines()[1].format(concept=concept)] * 8, list(range(8)))
     _synchronize(device)
     inference = {"seconds": time.time() - start, "peak_gb": _peak_gb(device)}
     if device.startswith("cuda"):

@@ -126,8 +126,7 @@ class ComfyDiffusion(UnitModel):
         return base.manual_cast_dtype or base.get_dtype()  # what apply_model casts its inputs to
 
     def base_params(self, units: list[EditUnit]) -> Params:
-        """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16, whose gradients,
-        scores and small steps would lose most of their precision (a step below half an fp16 ulp vanishes)."""
+        """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16."""
         return float32_theta0(units, self._copies, self._theta0)
 
     def fingerprint(self, names: list[str]) -> str:
