@@ -142,8 +142,9 @@ class RazorScoreHeads(io.ComfyNode):
             load(model, clip)
             sampler = comfy_sampler(model, clip, latent, steps, cfg, sampler_name, scheduler)
             adapter = adapter_for(model, clip, sampler, granularity, blocks)
-            # 64 samples per gradient micro-batch: every call through ComfyUI's apply_model has a fixed cost, and
-            # the demo took 43 s with 64 against 67 s with a micro-batch of 16 (2 CPU cores).
+            # At most 64 samples per gradient micro-batch: every call through ComfyUI's apply_model has a fixed cost,
+            # and the demo took 43 s with 64 against 67 s with 16 (2 CPU cores). Large models on a GPU get fewer:
+            # batches that run out of memory halve (razor_core/batching.py).
             objective = DiffusionObjective(adapter, forget_set, DiffusionSettings(seed=seed, micro_batch=64))
             progress(1, 2, "gradients")
             scoring = growth.score(objective)

@@ -1,8 +1,8 @@
 """Gradients of the forget, retain and mismatch losses, for the candidate parameters only.
 
-One pass over each split's micro-batches (retain and mismatch share theirs); memory is bounded by the micro-batch,
-and no other parameter gets a gradient or optimizer state (the model's own parameters are never set to require
-grad).
+One pass over a split's micro-batches per loss; memory is bounded by the micro-batch, and no other parameter gets a
+gradient or optimizer state (the model's own parameters are never set to require grad). The forget and retain
+gradients cover every candidate (scores need them); the mismatch gradient only the units a step moves.
 """
 from __future__ import annotations
 
@@ -11,63 +11,76 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .batching import retry_smaller
 from .objective import Objective, Params
+from .units import EditUnit
 
 
 @dataclass
 class Gradients:
     forget: Params
     retain: Params
-    mismatch: Params
     backward_passes: int
+    # Only for the parameters of the units the next step moves (`mismatch_gradients`); empty at θ⁰, where the
+    # mismatch loss and its gradient are zero by construction.
+    mismatch: Params = field(default_factory=dict)
     retain_sketch: list[Params] = field(default_factory=list)
 
 
-def _leaves(params: Params) -> Params:
-    """Differentiable aliases of `params`; only inference tensors (ComfyUI loads weights as such) need a copy,
-    the others are shared, which keeps a model's worth of copies out of the peak memory."""
-    return {k: (v.detach().clone() if v.is_inference() else v.detach()).requires_grad_(True)
-            for k, v in params.items()}
+def _leaves(params: Params, keys: Sequence[str]) -> Params:
+    """`params` with differentiable aliases for `keys` (the others detached). Only inference tensors (ComfyUI loads
+    weights as such) need a copy; the others are shared, which keeps a model's worth of copies out of the peak."""
+    wanted = set(keys)
+    return {k: (v.detach().clone() if v.is_inference() else v.detach()).requires_grad_(True) if k in wanted
+            else v.detach() for k, v in params.items()}
 
 
-def _scaled_grads(losses: Sequence[torch.Tensor], leaves: Params, scale: float) -> list[tuple]:
-    """Gradients of each loss × `scale` (one backward each, sharing the forward)."""
-    return [torch.autograd.grad(loss * scale, list(leaves.values()), allow_unused=True,
-                                retain_graph=k + 1 < len(losses)) for k, loss in enumerate(losses)]
+def _zeros_float32(t: torch.Tensor) -> torch.Tensor:
+    """A gradient accumulator: float32 at least, whatever the weights' dtype (sums of many half-precision gradients
+    would lose their precision)."""
+    return torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
 
 
-def _mean_gradients(objective: Objective, split: str, params: Params, count: int,
-                    losses_of: Callable[[Params, Any], Sequence[torch.Tensor]]) -> tuple[list[Params], int]:
-    """Mean gradient of each of the `count` losses that `losses_of` computes from one forward pass per micro-batch of
-    `split` (retain and mismatch share theirs), each loss with its own backward. With a loss scale above 1, a
-    micro-batch whose scaled gradients overflow is computed again at a 16× smaller scale."""
-    leaves = _leaves(params)
-    totals = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(count)]
+def _mean_gradient(objective: Objective, split: str, params: Params, keys: Sequence[str],
+                   loss_of: Callable[[Params, Any], torch.Tensor]) -> tuple[Params, int]:
+    """Mean gradient of `loss_of` over the micro-batches of `split`, for the parameters `keys` only, again with
+    smaller micro-batches if they run out of memory."""
+    return retry_smaller(lambda: _mean_gradient_pass(objective, split, params, keys, loss_of),
+                         objective.smaller_batches, f"the {split} gradients")
+
+
+def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: Sequence[str],
+                        loss_of: Callable[[Params, Any], torch.Tensor]) -> tuple[Params, int]:
+    """One pass of `_mean_gradient`. Each micro-batch's gradients are added to the total as soon as they are
+    computed (the only transient set). With a loss scale above 1, a micro-batch whose scaled gradients overflow is
+    computed again at a 16× smaller scale."""
+    leaves = _leaves(params, keys)
+    inputs = [leaves[k] for k in keys]
+    total = {k: _zeros_float32(params[k]) for k in keys}
     scale = objective.gradient_scale
     n = 0
     with torch.enable_grad():
         for batch in objective.batches(split):
-            per_loss = _scaled_grads(losses_of(leaves, batch), leaves, scale)
-            while scale > 1.0 and not all(torch.isfinite(g).all() for grads in per_loss for g in grads
-                                          if g is not None):
+            grads = torch.autograd.grad(loss_of(leaves, batch) * scale, inputs, allow_unused=True)
+            while scale > 1.0 and not all(torch.isfinite(g).all() for g in grads if g is not None):
                 scale = max(1.0, scale / 16)
-                per_loss = _scaled_grads(losses_of(leaves, batch), leaves, scale)
-            for grads, total in zip(per_loss, totals, strict=True):
-                for acc, g in zip(total.values(), grads):
-                    if g is not None:
-                        acc += g / scale if scale != 1.0 else g
+                grads = torch.autograd.grad(loss_of(leaves, batch) * scale, inputs, allow_unused=True)
+            for acc, g in zip(total.values(), grads):
+                if g is not None:
+                    acc.add_(g, alpha=1.0 / scale)  # in float32: an fp16 g / scale could underflow
+            del grads
             n += 1
     if n == 0:
         raise ValueError(f"the {split} set is empty: give at least one {split} prompt or image")
-    return [{k: v.div_(n) for k, v in total.items()} for total in totals], n
+    return {k: v.div_(n) for k, v in total.items()}, n
 
 
 def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0) -> tuple[list[Params], int]:
     """Gradients of `size` random projections <outputs, e_k> of the retain outputs: a randomized sketch of the
     directions in which a step would move retain behaviour (first order), so the step can avoid them."""
     gen = torch.Generator().manual_seed(seed)
-    leaves = _leaves(params)
-    sketch = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(size)]
+    leaves = _leaves(params, list(params))
+    sketch = [{k: _zeros_float32(v) for k, v in params.items()} for _ in range(size)]
     passes = 0
     with torch.enable_grad():
         for batch in objective.batches("retain"):
@@ -83,16 +96,19 @@ def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0
     return sketch, passes
 
 
-def compute_gradients(objective: Objective, params: Params, with_mismatch: bool = True,
-                      sketch_size: int = 0) -> Gradients:
-    """∇ of each loss at `params` (the mismatch gradient is zero at θ⁰ by construction, so it is skipped there),
-    plus an optional sketch of the retain outputs' sensitivity."""
-    (forget,), n_f = _mean_gradients(objective, "forget", params, 1, lambda p, b: (objective.forget_loss(p, b),))
-    if with_mismatch:
-        (retain, mismatch), n_r = _mean_gradients(objective, "retain", params, 2, objective.retain_losses)
-        n_m = n_r
-    else:
-        (retain,), n_r = _mean_gradients(objective, "retain", params, 1, lambda p, b: (objective.retain_loss(p, b),))
-        mismatch, n_m = {k: torch.zeros_like(v) for k, v in params.items()}, 0
+def compute_gradients(objective: Objective, params: Params, sketch_size: int = 0) -> Gradients:
+    """∇ of the forget and retain losses at `params` for every candidate parameter (what scoring needs), plus an
+    optional sketch of the retain outputs' sensitivity. The mismatch gradient is left to `mismatch_gradients`."""
+    keys = list(params)
+    forget, n_f = _mean_gradient(objective, "forget", params, keys, objective.forget_loss)
+    retain, n_r = _mean_gradient(objective, "retain", params, keys, objective.retain_loss)
     sketch, n_s = retain_sketch(objective, params, sketch_size) if sketch_size else ([], 0)
-    return Gradients(forget, retain, mismatch, n_f + n_r + n_m + n_s, sketch)
+    return Gradients(forget, retain, n_f + n_r + n_s, retain_sketch=sketch)
+
+
+def mismatch_gradients(objective: Objective, params: Params, units: list[EditUnit]) -> tuple[Params, int]:
+    """∇ of the mismatch loss at `params` for `units`' parameters only: a step moves just its edit set, so on a
+    large model this saves a float32 gradient of every other candidate (SD1.5: 1.3 GB) at the cost of one more
+    forward pass over the retain data. Returns the gradients and the number of backward passes."""
+    keys = list(dict.fromkeys(p for u in units for p in u.params))
+    return _mean_gradient(objective, "retain", params, keys, objective.mismatch_loss)

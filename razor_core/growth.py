@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .gradients import Gradients, compute_gradients
+from .gradients import Gradients, compute_gradients, mismatch_gradients
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
@@ -140,7 +140,7 @@ def score(objective: Objective, config: RazorConfig = RazorConfig()) -> Scoring:
     with torch.no_grad():
         before = objective.validate(theta0)
     sketch = config.retain_sketch if config.method == "razor" else 0
-    grads = compute_gradients(objective, theta0, with_mismatch=False, sketch_size=sketch)
+    grads = compute_gradients(objective, theta0, sketch_size=sketch)
     require_finite({**{f"forget {k}": v for k, v in grads.forget.items()},
                     **{f"retain {k}": v for k, v in grads.retain.items()}}, "the gradients",
                    "the losses overflow on this model; check its weights, or use float32 weights")
@@ -189,7 +189,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
             break  # the last unit added could not move forgetting any further within the retain tolerance
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
-        # these same gradients.
+        # these same gradients, with the mismatch gradient of the units it moves.
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
         edited = add(theta0, delta)
         grads = compute_gradients(objective, edited, sketch_size=sketch)
@@ -202,5 +202,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         best = max(candidates, key=lambda s: s.score)
         candidates = [edit_set + [next(u for u in units if u.name == best.unit)]]
         added = best.unit
+        if weights.lambda_mismatch:
+            grads.mismatch, passes = mismatch_gradients(objective, edited, candidates[0])
+            backward += passes
     report(rounds_budget, rounds_budget, "done")
     return GrowthResult(delta, edit_set, scores, records, backward, config, before)

@@ -76,10 +76,6 @@ class Objective(ABC):
     def mismatch_loss(self, params: Params, batch: Any) -> torch.Tensor:
         """Decreased: drift from the frozen model's outputs on retain data (zero at θ⁰)."""
 
-    def retain_losses(self, params: Params, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(retain_loss, mismatch_loss) of one batch; families override it to share one forward pass."""
-        return self.retain_loss(params, batch), self.mismatch_loss(params, batch)
-
     @abstractmethod
     def retain_outputs(self, params: Params, batch: Any) -> torch.Tensor:
         """The model's outputs on retain data that must not move (their sensitivity protects retention)."""
@@ -87,6 +83,11 @@ class Objective(ABC):
     @abstractmethod
     def validate(self, params: Params) -> Validation:
         """Progress and drift on the validation split (no gradients)."""
+
+    def smaller_batches(self) -> bool:
+        """Halve the gradient micro-batches after running out of memory (`batching.retry_smaller`); False when they
+        cannot shrink any further."""
+        return False
 
     def module_root(self) -> nn.Module | None:
         """The module whose submodule names the units' parameter names use, so the retain-aware preconditioner can

@@ -30,7 +30,7 @@ def score_units(units: list[EditUnit], params: Params, forget_grad: Params, reta
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     scores = []
     for unit in units:
-        theta = unit_values(unit, params)
+        theta = unit_values(unit, params).float()
         g_f = unit_values(unit, forget_grad)
         g_r = unit_values(unit, retain_grad)
         importance = float(g_f.norm() / (theta.norm() + eps))

@@ -122,11 +122,12 @@ def unit_values(unit: EditUnit, tensors: dict[str, torch.Tensor]) -> torch.Tenso
 
 
 def scatter_unit(unit: EditUnit, vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of `unit_values`: a dict of full-shape tensors, zero outside the unit's slices."""
+    """Inverse of `unit_values`: a dict of full-shape tensors shaped like `like`'s, in `vector`'s dtype (a float32
+    step stays float32 on half-precision weights), zero outside the unit's slices."""
     out: dict[str, torch.Tensor] = {}
     offset = 0
     for s in unit.slices:
-        full = out.setdefault(s.param, torch.zeros_like(like[s.param]))
+        full = out.setdefault(s.param, torch.zeros_like(like[s.param], dtype=vector.dtype))
         view = s.of(full)
         view.copy_(vector[offset:offset + view.numel()].view_as(view))
         offset += view.numel()

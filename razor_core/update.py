@@ -49,8 +49,9 @@ def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights,
     out = {}
     for u in units:
         d = (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
-             - weights.lambda_retain * unit_values(u, grads.retain)
-             - weights.lambda_mismatch * unit_values(u, grads.mismatch))
+             - weights.lambda_retain * unit_values(u, grads.retain))
+        if grads.mismatch:  # empty at θ⁰, where it is zero
+            d = d - weights.lambda_mismatch * unit_values(u, grads.mismatch)
         if shape is not None:
             d = shape(u, d)
         if grads.retain_sketch:
@@ -107,7 +108,7 @@ def search_step(objective: Objective, params: Params, units: list[EditUnit], dir
     d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
     if d_norm == 0.0:
         return SearchResult({u.name: 0.0 for u in units}, 0.0, objective.validate(params), 1)
-    theta_norm = float(torch.cat([unit_values(u, params) for u in units]).norm())
+    theta_norm = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
 
     def etas_for(scale: float) -> dict[str, float]:
         return {u.name: scale * theta_norm / d_norm for u in units}

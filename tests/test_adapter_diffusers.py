@@ -11,6 +11,7 @@ from benchmarks import gpu_sd15
 from razor_core import growth
 from razor_core.adapters.diffusers import DiffusersText2Image
 from razor_core.forget_set import from_text
+from razor_core.gradients import compute_gradients
 from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 from razor_core.units import unit_values
 
@@ -54,23 +55,25 @@ def test_razor_on_the_toy_model_forgets_within_tolerance_and_edits_only_its_unit
     assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items()), "the model was modified"
 
 
-def test_half_precision_weights_get_float32_parameters_and_gradients():
+def test_half_precision_weights_are_not_copied_and_get_the_float32_path_s_gradients():
     model = gpu_sd15.build(tiny=True, device="cpu", dtype=torch.float16)
-    unit = next(u for u in model.units() if u.name.endswith("attn2.head0"))
-    theta0 = model.base_params([unit])
-    assert all(v.dtype == torch.float32 for v in theta0.values())
-    leaves = {k: v.clone().requires_grad_(True) for k, v in theta0.items()}
-    x = torch.randn(2, 4, 8, 8)
-    t = torch.tensor([0.3, 0.7])
-    pred = model.predict(leaves, x, t, model.encode(leaves, ["a portrait", "a landscape"]))
-    assert pred.dtype == torch.float32
-    pred.pow(2).mean().backward()
-    for leaf in leaves.values():
-        assert leaf.grad.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
-    assert unit_values(unit, {k: v.grad for k, v in leaves.items()}).abs().sum() > 0
-    assert next(model.unet.parameters()).dtype == torch.float16
     forget_set = from_text("Van Gogh", "style", gpu_sd15.FORGET_PROMPTS, "generic", gpu_sd15.RETAIN_PROMPTS)
-    assert DiffusionObjective(model, forget_set).gradient_scale > 1  # fp16 backward passes are loss-scaled
+    objective = DiffusionObjective(model, forget_set)
+    assert objective.gradient_scale > 1  # fp16 backward passes are loss-scaled
+    theta0 = objective.base_params()
+    weights = dict(model.named_parameters())
+    assert all(v.dtype == torch.float16 and v.data_ptr() == weights[k].data_ptr() for k, v in theta0.items())
+    native = compute_gradients(objective, theta0)
+    # float32 copies of θ⁰ (cast back to fp16 inside the forward) must give the very same gradients
+    widened = compute_gradients(objective, {k: v.float() for k, v in theta0.items()})
+    for name in theta0:
+        assert native.forget[name].dtype == native.retain[name].dtype == torch.float32
+        assert torch.equal(native.forget[name], widened.forget[name])
+        assert torch.equal(native.retain[name], widened.retain[name])
+    assert all(torch.isfinite(g).all() for g in native.forget.values())
+    unit = next(u for u in model.units() if u.name.endswith("attn2.head0"))
+    assert unit_values(unit, native.forget).abs().sum() > 0
+    assert next(model.unet.parameters()).dtype == torch.float16
 
 
 def test_epsilon_target_and_noising_follow_the_scheduler(tiny):
@@ -97,3 +100,50 @@ def test_unknown_prediction_type_is_refused(tiny):
     scheduler = DDIMScheduler(**gpu_sd15.SD15_SCHEDULER, prediction_type="flow")
     with pytest.raises(ValueError, match="prediction_type 'flow'"):
         DiffusersText2Image(tiny.unet, tiny.text_encoder, tiny.tokenizer, scheduler)
+
+
+def _out_of_memory_above(limit: int, predict, when=lambda: True):
+    """`predict`, except that a batch of more than `limit` samples runs out of memory (as CUDA would) while
+    `when()`."""
+    def limited(params, x, *args):
+        if when() and len(x) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return predict(params, x, *args)
+    return limited
+
+
+def test_batches_halve_until_they_fit_in_memory_and_give_the_same_results(monkeypatch):
+    forget_set = from_text("Van Gogh", "style", gpu_sd15.FORGET_PROMPTS, "generic", gpu_sd15.RETAIN_PROMPTS)
+    settings = DiffusionSettings(micro_batch=8, validation_batch=64)
+    reference_model, tight_model = (gpu_sd15.build(tiny=True, device="cpu", dtype=torch.float32) for _ in "ab")
+    reference_model.sample_batch = 1
+    reference = DiffusionObjective(reference_model, forget_set, settings)
+    draw = tight_model._sample
+
+    def draw_one_at_a_time(prompts, seeds):
+        if tight_model.sample_batch > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return draw(prompts, seeds)
+    monkeypatch.setattr(tight_model, "_sample", draw_one_at_a_time)
+    tight = DiffusionObjective(tight_model, forget_set, settings)  # draws its images one at a time
+    assert tight_model.sample_batch == 1
+    monkeypatch.setattr(tight_model, "predict", _out_of_memory_above(2, tight_model.predict, torch.is_grad_enabled))
+    theta0 = tight.base_params()
+    grads = compute_gradients(tight, theta0)
+    reference.micro_batch = 2
+    expected = compute_gradients(reference, reference.base_params())
+    assert tight.micro_batch == 2 and grads.backward_passes == expected.backward_passes
+    assert all(torch.equal(grads.forget[k], expected.forget[k]) and torch.equal(grads.retain[k], expected.retain[k])
+               for k in theta0)
+    monkeypatch.setattr(tight_model, "predict", _out_of_memory_above(5, tight_model.predict))
+    with torch.no_grad():  # as the step-size search probes
+        validation = tight.validate(theta0)
+        reference.validation_batch = 4
+        assert tight.validation_batch == 4 and validation == reference.validate(reference.base_params())
+
+
+def test_a_batch_of_one_that_does_not_fit_says_what_to_do(tiny, monkeypatch):
+    forget_set = from_text("Van Gogh", "style", gpu_sd15.FORGET_PROMPTS, "generic", gpu_sd15.RETAIN_PROMPTS)
+    monkeypatch.setattr(tiny, "predict", _out_of_memory_above(0, tiny.predict))
+    with pytest.raises(torch.OutOfMemoryError, match="even one sample at a time: score fewer blocks"):
+        DiffusionObjective(tiny, forget_set)

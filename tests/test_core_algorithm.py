@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from razor_core import growth, update
-from razor_core.gradients import compute_gradients
+from razor_core.gradients import compute_gradients, mismatch_gradients
 from razor_core.objective import Objective, Validation
 from razor_core.scoring import UnitScore, pareto_front, score_units
 from razor_core.units import EditUnit, Slice
@@ -130,6 +130,14 @@ def test_loss_scaling_backs_off_on_overflow_and_returns_unscaled_gradients():
     for k in ("b", "c"):
         assert torch.equal(scaled.forget[k], plain.forget[k])
         assert torch.equal(scaled.retain[k], plain.retain[k])
+
+
+def test_mismatch_gradient_covers_only_the_units_a_step_moves():
+    objective = ToyObjective()
+    edited = {k: v + 0.5 for k, v in objective.theta0.items()}
+    grads, passes = mismatch_gradients(objective, edited, [objective.units()[0]])
+    assert set(grads) == {"a"} and passes == 1
+    assert torch.allclose(grads["a"], torch.full((4,), 2 * 0.5 / objective.gap))  # ∇ of ‖a − a⁰‖² / gap
 
 
 def test_slug_mode_is_one_layer_one_round_forget_only():

@@ -1,7 +1,6 @@
 """The committed MiniCanvas weights: manifest, sha256 verification, clear errors, and models that know the grid."""
 import shutil
 
-import numpy as np
 import pytest
 import torch
 

@@ -9,7 +9,7 @@ from razor_core.gradients import compute_gradients
 from razor_core.objectives.clip import ClipObjective
 from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 from razor_core.update import StepWeights, add, directions, step_delta
-from razor_core.minicanvas import evaluate, pipeline, unlearn
+from razor_core.minicanvas import pipeline, unlearn
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def _forget_value(objective, params):
 def test_diffusion_step_direction_increases_the_forget_loss(diffusion, preconditioned):
     _, _, objective = diffusion
     theta0 = objective.base_params()
-    grads = compute_gradients(objective, theta0, with_mismatch=False)
+    grads = compute_gradients(objective, theta0)
     units = [u for u in objective.units() if ".attn2." in u.name][:4]
     shape = growth.preconditioner_for(objective, units, theta0, growth.RazorConfig()) if preconditioned else None
     dirs = directions(units, grads, StepWeights(lambda_retain=0.0, lambda_mismatch=0.0), shape)
@@ -44,7 +44,7 @@ def test_clip_step_direction_pushes_forget_pairs_apart():
     objective = ClipObjective(MiniCanvasClip(clip_model, tok, "layers", "vision"),
                               unlearn.clip_forget_data("object", 2))
     theta0 = objective.base_params()
-    grads = compute_gradients(objective, theta0, with_mismatch=False)
+    grads = compute_gradients(objective, theta0)
     units = objective.units()[:3]
     dirs = directions(units, grads, StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
     ahead = add(theta0, step_delta(units, dirs, theta0, {u.name: 1e-2 for u in units}))

@@ -1,7 +1,6 @@
 """What every adapter shares: the granularity/blocks choices, a tower's candidate units, and θ⁰ by name."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..objective import Params
@@ -9,17 +8,6 @@ from ..units import EditUnit, attention_units, linear_units
 
 GRANULARITIES = ("heads", "layers")
 DIFFUSION_BLOCKS = ("denoiser", "text_encoder", "all")
-
-
-def float32_theta0(units: list[EditUnit], weights: dict[str, torch.Tensor], cache: Params) -> Params:
-    """θ⁰ of `units` in float32 at least, converted once into `cache`: half-precision weights (ComfyUI's text
-    encoders and GPU UNets, fp16 diffusers models) would lose most of the precision of gradients, scores and small
-    steps (a step below half an fp16 ulp vanishes)."""
-    for p in (p for u in units for p in u.params):
-        if p not in cache:
-            w = weights[p]
-            cache[p] = w.float() if w.is_floating_point() and w.element_size() < 4 else w
-    return {p: cache[p] for u in units for p in u.params}
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
@@ -54,5 +42,8 @@ class UnitModel(nn.Module):
         return self
 
     def base_params(self, units: list[EditUnit]) -> Params:
+        """θ⁰ of `units` as the model stores it, without a copy. Half-precision weights lose nothing by it: a layer
+        that computes in its weights' dtype computes their gradients in that dtype too, and the algorithm keeps
+        gradients, scores and steps in float32 (θ⁰ + Δ is float32, so no step is rounded away)."""
         named = dict(self.params_root().named_parameters())
         return {p: named[p].detach() for u in units for p in u.params}

@@ -32,7 +32,7 @@ from torch.func import functional_call
 from ..edit import fingerprint
 from ..objective import Params
 from ..units import COMFY_STYLE, AttentionSpec, EditUnit
-from .base import DIFFUSION_BLOCKS, UnitModel, float32_theta0, tower_units
+from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
 # MMDiT's SelfAttention; the last context block is "pre-only" (no `proj`, so no head of its own: its keys and values
@@ -126,8 +126,16 @@ class ComfyDiffusion(UnitModel):
         return base.manual_cast_dtype or base.get_dtype()  # what apply_model casts its inputs to
 
     def base_params(self, units: list[EditUnit]) -> Params:
-        """θ⁰ in float32 at least: ComfyUI keeps text encoders (and GPU UNets) in fp16/bf16."""
-        return float32_theta0(units, self._copies, self._theta0)
+        """θ⁰ as the forwards use it. ComfyUI's manual-cast layers (its text encoders, always) may compute in a wider
+        dtype than they store: theirs is float32 (converted once), so that their gradients are not rounded to the
+        storage dtype. Other layers compute in their own dtype, gradients included: their weight copies serve as
+        they are (no float32 copy of a GPU UNet's candidates)."""
+        for p in (p for u in units for p in u.params):
+            if p not in self._theta0:
+                w = self._copies[p]
+                widen = getattr(self._owners[p], "comfy_cast_weights", False) and w.element_size() < 4
+                self._theta0[p] = w.float() if widen and w.is_floating_point() else w
+        return {p: self._theta0[p] for u in units for p in u.params}
 
     def fingerprint(self, names: list[str]) -> str:
         """Of the weights as they were when this adapter was made (the edit's base)."""

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..batching import halve, retry_smaller
 from ..objective import Params
 from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit
-from .base import DIFFUSION_BLOCKS, UnitModel, float32_theta0, tower_units
+from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 from .comfy import DENOISER_MLP_LEAVES
 
 
@@ -45,7 +46,6 @@ class DiffusersText2Image(UnitModel):
         self.latent_size, self.sample_batch = latent_size, sample_batch
         self._alphas = scheduler.alphas_cumprod.to(torch.float32)
         self._dtypes = {k: v.dtype for k, v in self.named_parameters()}
-        self._theta0: dict[str, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -63,9 +63,6 @@ class DiffusersText2Image(UnitModel):
         if self.blocks in ("text_encoder", "all"):
             units += tower_units(self.text_encoder, HF_CLIP_STYLE, self.text_prefix, heads, ("fc1", "fc2"))
         return units
-
-    def base_params(self, units: list[EditUnit]) -> Params:
-        return float32_theta0(units, {k: v.detach() for k, v in self.named_parameters()}, self._theta0)
 
     def _call(self, tower: str, params: Params, args: tuple, kwargs: dict):
         """`tower`'s forward with `params` in place of its weights, each cast to the dtype its layer computes in."""
@@ -104,7 +101,12 @@ class DiffusersText2Image(UnitModel):
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        """Latents drawn by the frozen model, `sample_batch` prompts at a time, each from its own seed."""
+        """Latents drawn by the frozen model, `sample_batch` prompts at a time (halved if that runs out of memory),
+        each from its own seed."""
+        return retry_smaller(lambda: self._sample(prompts, seeds), lambda: halve(self, "sample_batch"),
+                             "drawing the forget/retain images")
+
+    def _sample(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
         dtype = self.compute_dtype
         uncond = self.encode({}, [""])
         out = []

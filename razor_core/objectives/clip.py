@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..batching import halve
 from ..objective import Objective, Params, Validation
 from ..units import EditUnit
 
@@ -131,6 +132,9 @@ class ClipObjective(Objective):
         n = len(self.data.forget_images if split == "forget" else self.data.retain_images)
         for s in range(0, n, self.micro_batch):
             yield slice(s, s + self.micro_batch)
+
+    def smaller_batches(self) -> bool:
+        return halve(self, "micro_batch")
 
     def forget_loss(self, params: Params, batch: slice) -> torch.Tensor:
         img = _normed(self.model.image_features(params, self.data.forget_images[batch]))

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Protocol
 import torch
 from torch import nn
 
+from ..batching import halve, retry_smaller
 from ..forget_set import ForgetSet
 from ..objective import Objective, Params, Validation, require_finite
 from ..units import EditUnit
@@ -56,6 +57,7 @@ class DiffusionSettings:
                                      # benchmarks/compare.py and benchmarks/profile_razor.py measure both)
     validation_batch: int = 64       # no-grad batches of the validation probes and the preconditioner's retain pass
                                      # (nothing kept for backward; 16 -> 64 made a MiniCanvas probe ~12% faster)
+                                     # Both are the most a batch holds: out of memory, they halve (batching.py).
     seed: int = 0
 
 
@@ -72,6 +74,7 @@ class DiffusionObjective(Objective):
     def __init__(self, model: DiffusionModel, forget_set: ForgetSet, settings: DiffusionSettings = DiffusionSettings()):
         self.model = model
         self.settings = settings
+        self.micro_batch, self.validation_batch = settings.micro_batch, settings.validation_batch
         if model.compute_dtype == torch.float16:
             self.gradient_scale = FLOAT16_GRADIENT_SCALE
         self._units = model.units()
@@ -136,16 +139,17 @@ class DiffusionObjective(Objective):
         frozen = self._predict(self._theta0, x, t, idx)
         return _Split(x, t, idx, self.model.denoise_target(x0_rep, noise, t), frozen)
 
-    def _predict(self, params: Params, x, t, prompt_idx, batch: int | None = None) -> torch.Tensor:
-        """Predictions in batches; the prompts are encoded once for the whole call, not per batch."""
-        batch = batch or self.settings.micro_batch
+    def _predict(self, params: Params, x, t, prompt_idx, batch: str = "micro_batch") -> torch.Tensor:
+        """Predictions in batches of the size attribute `batch` (halved if they run out of memory); the prompts are
+        encoded once for the whole call, not per batch."""
         unique, inverse = prompt_idx.unique(return_inverse=True)
         contexts = self._contexts(params, unique)
-        out = []
-        for s in range(0, len(x), batch):
-            sl = slice(s, s + batch)
-            out.append(self.model.predict(params, x[sl], t[sl], contexts[inverse[sl]]))
-        return torch.cat(out)
+
+        def run() -> torch.Tensor:
+            size = getattr(self, batch)
+            return torch.cat([self.model.predict(params, x[s:s + size], t[s:s + size], contexts[inverse[s:s + size]])
+                              for s in range(0, len(x), size)])
+        return retry_smaller(run, lambda: halve(self, batch), "the predictions")
 
     def _contexts(self, params: Params, prompt_idx: torch.Tensor) -> Any:
         # Untouched text-encoder weights are the very θ⁰ tensors (steps only replace what they change).
@@ -163,8 +167,12 @@ class DiffusionObjective(Objective):
 
     def batches(self, split: str) -> Iterator[tuple[_Split, slice]]:
         data = self.forget if split == "forget" else self.retain
-        for s in range(0, len(data.x), self.settings.micro_batch):
-            yield data, slice(s, s + self.settings.micro_batch)
+        size = self.micro_batch
+        for s in range(0, len(data.x), size):
+            yield data, slice(s, s + size)
+
+    def smaller_batches(self) -> bool:
+        return halve(self, "micro_batch")
 
     def _pred(self, params: Params, batch) -> tuple[torch.Tensor, _Split, slice]:
         data, sl = batch
@@ -175,17 +183,15 @@ class DiffusionObjective(Objective):
         return 1.0 - (pred - data.target[sl]).pow(2).mean() / self.gap
 
     def retain_loss(self, params: Params, batch) -> torch.Tensor:
-        return self.retain_losses(params, batch)[0]
-
-    def retain_losses(self, params: Params, batch) -> tuple[torch.Tensor, torch.Tensor]:
         pred, data, sl = self._pred(params, batch)
-        return (pred - data.target[sl]).pow(2).mean(), (pred - data.frozen[sl]).pow(2).mean() / self.gap
+        return (pred - data.target[sl]).pow(2).mean()
 
     def retain_outputs(self, params: Params, batch) -> torch.Tensor:
         return self._pred(params, batch)[0]
 
     def mismatch_loss(self, params: Params, batch) -> torch.Tensor:
-        return self.retain_losses(params, batch)[1]
+        pred, data, sl = self._pred(params, batch)
+        return (pred - data.frozen[sl]).pow(2).mean() / self.gap
 
     def module_root(self) -> nn.Module | None:
         return self.model.params_root()
@@ -194,12 +200,11 @@ class DiffusionObjective(Objective):
         # The text encoder on the retain prompts explicitly: below, untouched text weights reuse cached contexts.
         self.model.encode(params, [self.prompts[i] for i in self.retain.prompt.unique().tolist()])
         with torch.no_grad():  # nothing kept for backward: the large batches of the validation probes
-            self._predict(params, self.retain.x, self.retain.t, self.retain.prompt, self.settings.validation_batch)
+            self._predict(params, self.retain.x, self.retain.t, self.retain.prompt, "validation_batch")
 
     def validate(self, params: Params) -> Validation:
-        batch = self.settings.validation_batch
-        f = self._predict(params, self.forget_val.x, self.forget_val.t, self.forget_val.prompt, batch)
-        r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt, batch)
+        f = self._predict(params, self.forget_val.x, self.forget_val.t, self.forget_val.prompt, "validation_batch")
+        r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt, "validation_batch")
         progress = 1.0 - float((f - self.forget_val.target).pow(2).mean()) / self.gap_val
         drift = float((r - self.retain_val.frozen).pow(2).mean()) / self.gap_val
         return Validation(progress, drift)
