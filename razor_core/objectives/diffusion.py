@@ -51,7 +51,6 @@ FLOAT16_GRADIENT_SCALE = 2.0 ** 12  # the losses' gradients at the output are ~1
 class DiffusionSettings:
     guidance: float = 1.0            # γ: how far past the anchor, away from the concept
     timesteps_per_image: int = 4     # noisy samples per generated image (gradient split)
-    validation_images: int = 8       # forget images held out for validation
     micro_batch: int = 8             # bounds the activations kept for backward (MiniCanvas peak RSS: 1.41 GB at 64,
                                      # 1.05 at 16, 0.95-0.98 at 8, which costs ~1.5 s more per run than 16;
                                      # benchmarks/compare.py and benchmarks/profile_razor.py measure both)
@@ -59,6 +58,11 @@ class DiffusionSettings:
                                      # (nothing kept for backward; 16 -> 64 made a MiniCanvas probe ~12% faster)
                                      # Both are the most a batch holds: out of memory, they halve (batching.py).
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps_per_image", "micro_batch", "validation_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
