@@ -2,12 +2,14 @@
 
     python -m benchmarks.gpu_sd15 --json out/gpu_sd15.json                           # CUDA, fp16, 512²
     .venv/bin/python -m benchmarks.gpu_sd15 --tiny --device cpu --json out/t.json    # same code path, toy size
+    .venv/bin/python -m benchmarks.gpu_sd15 --device cpu --latent-size 8 --json out/c.json  # full width, CPU memory
 
 On the lent GPU machine (its Python has torch and transformers, not diffusers), carry diffusers as wheels: here,
 `python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata` (with `/.whl/` in
 .git/info/exclude), then run with `.whl` carried: `python3 -m pip install -q --no-index --no-deps --target /tmp/site
-.whl/*.whl && PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu_sd15 --json $OUT/gpu_sd15.json`.
+.whl/*.whl && PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu_sd15 --json $OUT/gpu_sd15.json`, and once more with
+`--micro-batch 1 --validation-batch 8 --json $OUT/gpu_sd15_lean.json` (activations of one sample at a time).
 
 Builds SD1.5's UNet (diffusers `UNet2DConditionModel`) and CLIP ViT-L/14's text encoder (transformers
 `CLIPTextModel`) from their published configurations with random weights: the time and memory of a run do not
@@ -16,7 +18,8 @@ machine here can download CLIP's vocabulary; the ids it produces are valid CLIP-
 with the node's default prompts (3 forget, 3 retain), self-generating its images at 512² (64² latents, 20 DDIM steps,
 cfg 7.5), as the Grow Edit Set node does. `seconds` counts the same work as benchmarks.compare's: from the forget set
 to the edit, self-generated images included. Peak memory is the accelerator's (CPU: the process's peak RSS); the
-inference peak is one batch of 8 latents drawn with the same sampler.
+inference peak is one batch of 8 latents drawn with the same sampler. The JSON records the batch sizes the run
+ended with (they halve when a batch runs out of memory).
 """
 from __future__ import annotations
 
@@ -58,12 +61,13 @@ FORGET_PROMPTS = "a painting in {concept} style\na portrait in {concept} style\n
 RETAIN_PROMPTS = "a painting in impressionist style\na portrait in cubist style\na landscape photo"
 
 
-def build(tiny: bool, device: str, dtype: torch.dtype) -> DiffusersText2Image:
+def build(tiny: bool, device: str, dtype: torch.dtype, latent_size: int | None = None) -> DiffusersText2Image:
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**(TINY_UNET if tiny else SD15_UNET)).to(device, dtype).eval()
+    config = {**(TINY_UNET if tiny else SD15_UNET), **({"sample_size": latent_size} if latent_size else {})}
+    unet = UNet2DConditionModel(**config).to(device, dtype).eval()
     text_encoder = CLIPTextModel(CLIPTextConfig(**(TINY_CLIP if tiny else CLIP_L))).to(device, dtype).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir()), model_max_length=CLIP_L["max_position_embeddings"])
     return DiffusersText2Image(unet, text_encoder, tokenizer, DDIMScheduler(**SD15_SCHEDULER),
@@ -81,8 +85,9 @@ def _peak_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def measure(tiny: bool, device: str, dtype: torch.dtype, concept: str = "Van Gogh") -> dict:
-    adapter = build(tiny, device, dtype)
+def measure(tiny: bool, device: str, dtype: torch.dtype, concept: str = "Van Gogh",
+            latent_size: int | None = None, settings: DiffusionSettings = DiffusionSettings()) -> dict:
+    adapter = build(tiny, device, dtype, latent_size)
     model_bytes = sum(p.numel() * p.element_size() for p in adapter.parameters())
     _synchronize(device)
     start = time.time()
@@ -93,7 +98,7 @@ def measure(tiny: bool, device: str, dtype: torch.dtype, concept: str = "Van Gog
         torch.cuda.reset_peak_memory_stats()
     forget_set = from_text(concept, "style", FORGET_PROMPTS, "generic", RETAIN_PROMPTS)
     start = time.time()
-    objective = DiffusionObjective(adapter, forget_set, DiffusionSettings(seed=0))
+    objective = DiffusionObjective(adapter, forget_set, settings)
     _synchronize(device)
     generated = time.time() - start
     result = growth.run(objective, growth.RazorConfig(), progress=lambda r, n, msg: print(msg, file=sys.stderr))
@@ -104,9 +109,10 @@ def measure(tiny: bool, device: str, dtype: torch.dtype, concept: str = "Van Gog
         "dtype": str(dtype).removeprefix("torch."), "architecture": "tiny" if tiny else "SD1.5 UNet + CLIP ViT-L/14",
         "seconds": round(seconds, 2), "self_generation_seconds": round(generated, 2),
         "peak_gb": round(_peak_gb(device), 3), "inference": {k: round(v, 3) for k, v in inference.items()},
-        "model_gb": round(model_bytes / 2**30, 3),
+        "latent_size": adapter.latent_size, "model_gb": round(model_bytes / 2**30, 3),
         "edit_gb": round(len(save({k: v.contiguous().cpu() for k, v in result.delta.items()})) / 2**30, 6),
         "rounds": len(result.rounds), "units": [u.name for u in result.units],
+        "micro_batch": objective.micro_batch, "validation_batch": objective.validation_batch,  # after any halving
         "backward_passes": result.backward_passes, "forget_progress": round(result.rounds[-1].forget_progress, 4),
         "retain_drift": round(result.rounds[-1].retain_drift, 4), "paper": PAPER,
     }
@@ -117,11 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="a toy UNet and text encoder (the test of this script)")
     parser.add_argument("--device", default="cuda", help="torch device (default: cuda)")
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    parser.add_argument("--latent-size", type=int, help="latent side (default: the architecture's, 64 for SD1.5 = "
+                        "512² images); a CPU can measure memory at full width with a small one, e.g. 8")
+    parser.add_argument("--micro-batch", type=int, default=DiffusionSettings.micro_batch,
+                        help="samples per gradient micro-batch, at most (activations kept for backward)")
+    parser.add_argument("--validation-batch", type=int, default=DiffusionSettings.validation_batch,
+                        help="samples per no-grad batch of the validation probes, at most")
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA device here: this figure needs a GPU (use --tiny --device cpu to check the script)")
-    row = measure(args.tiny, args.device, getattr(torch, args.dtype))
+    settings = DiffusionSettings(micro_batch=args.micro_batch, validation_batch=args.validation_batch)
+    row = measure(args.tiny, args.device, getattr(torch, args.dtype), latent_size=args.latent_size, settings=settings)
     atomic_write_bytes(args.json, (json.dumps(row, indent=1) + "\n").encode())
     print("| | seconds | peak GB | edit GB |\n|---|---|---|---|")
     print(f"| this run ({row['device']}, {row['dtype']}) | {row['seconds']:.1f} | {row['peak_gb']:.2f} | "

@@ -6,7 +6,8 @@ Each target runs in a fresh process under cProfile, from the forget set to the e
 times as `seconds`), and reports the cumulative seconds of each phase:
 - self-generation: drawing the forget/retain images with the frozen model;
 - frozen predictions: the rest of building the objective (the frozen model's predictions and targets);
-- gradients: forget/retain/mismatch gradients (round 0 and every growth round);
+- gradients: forget/retain gradients (round 0 and every growth round) and the mismatch gradients of each growth
+  round's edit set;
 - preconditioner: recording the retain inputs of the edited layers;
 - probes: the validation forward passes of the step-size searches (their count too);
 - other: scores, directions, bookkeeping.
@@ -33,20 +34,20 @@ from razor_core.minicanvas.store import atomic_write_bytes
 from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 
 DEFAULT_TARGETS = ("style:neon", "style:sunset", "object:star")
-# phase -> (module file suffix, function name) whose cumulative time it is
+# phase -> (module file suffix, names of the functions) whose cumulative time it is
 PHASES = {
-    "self_generation": ("adapters/minicanvas.py", "sample"),
-    "objective": ("objectives/diffusion.py", "__init__"),
-    "gradients": ("razor_core/gradients.py", "compute_gradients"),
-    "preconditioner": ("razor_core/preconditioner.py", "retain_input_moments"),
-    "probes": ("razor_core/update.py", "__call__"),
+    "self_generation": ("adapters/minicanvas.py", ("sample",)),
+    "objective": ("objectives/diffusion.py", ("__init__",)),
+    "gradients": ("razor_core/gradients.py", ("compute_gradients", "mismatch_gradients")),
+    "preconditioner": ("razor_core/preconditioner.py", ("retain_input_moments",)),
+    "probes": ("razor_core/update.py", ("__call__",)),
 }
 
 
-def _cumulative(stats: pstats.Stats, file_suffix: str, name: str) -> tuple[float, int]:
+def _cumulative(stats: pstats.Stats, file_suffix: str, names: tuple[str, ...]) -> tuple[float, int]:
     seconds, calls = 0.0, 0
     for (filename, _line, func), (_cc, ncalls, _tt, cumtime, _callers) in stats.stats.items():
-        if func == name and filename.endswith(file_suffix):
+        if func in names and filename.endswith(file_suffix):
             seconds, calls = seconds + cumtime, calls + ncalls
     return seconds, calls
 

@@ -73,10 +73,22 @@ def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: 
 
 
 def _backward_into(total: Params, loss: torch.Tensor, leaves: Params, scale: float) -> bool:
-    """Backward of `loss`·`scale`, each leaf's gradient added to `total` (÷ `scale`, in float32: an fp16 g / scale
-    could underflow) the moment it is accumulated, and freed: no whole set of gradients is ever held (SD1.5: 0.65 GB
-    in fp16). False when a scaled gradient is not finite (then `total` is incomplete)."""
-    finite = True
+    """Backward of `loss`·`scale` with each leaf's gradient added to `total` (÷ `scale`) as autograd accumulates it,
+    so no whole set of gradients is ever in flight (SD1.5: 1.3 GB in float32, 0.65 in fp16). False when a scaled
+    gradient is not finite (then `total` is incomplete)."""
+    inputs = list(leaves.values())
+    if scale == 1.0 and all(total[k].dtype == leaf.dtype for k, leaf in leaves.items()):
+        # autograd adds each gradient into `.grad` in place: make the totals the `.grad`s
+        for k, leaf in leaves.items():
+            leaf.grad = total[k]
+        try:
+            loss.backward(inputs=inputs)
+        finally:
+            for leaf in inputs:
+                leaf.grad = None
+        return True
+    finite = True  # half-precision leaves or loss scaling: a hook adds each gradient in float32 (an fp16 g / scale
+                   # could underflow) and checks it
 
     def add_into(name: str) -> Callable[[torch.Tensor], None]:
         def hook(leaf: torch.Tensor) -> None:
@@ -90,7 +102,7 @@ def _backward_into(total: Params, loss: torch.Tensor, leaves: Params, scale: flo
 
     handles = [leaf.register_post_accumulate_grad_hook(add_into(name)) for name, leaf in leaves.items()]
     try:
-        (loss * scale).backward(inputs=list(leaves.values()))
+        (loss * scale).backward(inputs=inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -147,3 +147,9 @@ def test_a_batch_of_one_that_does_not_fit_says_what_to_do(tiny, monkeypatch):
     monkeypatch.setattr(tiny, "predict", _out_of_memory_above(0, tiny.predict))
     with pytest.raises(torch.OutOfMemoryError, match="even one sample at a time: score fewer blocks"):
         DiffusionObjective(tiny, forget_set)
+
+
+@pytest.mark.parametrize("name", ["micro_batch", "validation_batch", "timesteps_per_image"])
+def test_batch_sizes_below_one_are_refused(name):
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got 0"):
+        DiffusionSettings(**{name: 0})
