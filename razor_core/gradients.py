@@ -55,13 +55,14 @@ def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: 
     """One pass of `_mean_gradient`. With a loss scale above 1, a pass in which a scaled gradient overflows starts
     over at a 16× smaller scale."""
     leaves = _leaves(params, keys)
+    differentiable = {k: leaves[k] for k in keys}
     scale = objective.gradient_scale
     with torch.enable_grad():
         while True:
             total = {k: _zeros_float32(params[k]) for k in keys}
             n = 0
             for batch in objective.batches(split):
-                if not _backward_into(total, loss_of(leaves, batch), {k: leaves[k] for k in keys}, scale):
+                if not _backward_into(total, loss_of(leaves, batch), differentiable, scale):
                     break
                 n += 1
             else:
