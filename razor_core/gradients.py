@@ -28,12 +28,22 @@ class Gradients:
     retain_sketch: list[Params] = field(default_factory=list)
 
 
+def ordinary_alias(t: torch.Tensor) -> torch.Tensor:
+    """`t` detached, as an ordinary tensor over the same memory. Autograd refuses to save inference tensors (ComfyUI
+    loads every weight as one) for backward, because they carry no version counter to detect in-place writes; the
+    alias has its own, and nothing in razor_core writes to weights in place, so sharing their memory is safe where a
+    copy would cost a second model's worth of memory."""
+    if not t.is_inference():
+        return t.detach()
+    with torch.inference_mode(False):
+        alias = torch.empty(0, dtype=t.dtype, device=t.device)
+        return alias.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
 def _leaves(params: Params, keys: Sequence[str]) -> Params:
-    """`params` with differentiable aliases for `keys` (the others detached). Only inference tensors (ComfyUI loads
-    weights as such) need a copy; the others are shared, which keeps a model's worth of copies out of the peak."""
+    """`params` with differentiable aliases for `keys` (the others detached); none of them copies a weight."""
     wanted = set(keys)
-    return {k: (v.detach().clone() if v.is_inference() else v.detach()).requires_grad_(True) if k in wanted
-            else v.detach() for k, v in params.items()}
+    return {k: ordinary_alias(v).requires_grad_(True) if k in wanted else v.detach() for k, v in params.items()}
 
 
 def _zeros_float32(t: torch.Tensor) -> torch.Tensor:

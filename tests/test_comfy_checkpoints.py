@@ -23,71 +23,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.comfy_server import REPO_ROOT, ComfyError, ComfyServer, ui_workflow_to_api_prompt
+from tests.comfy_server import ComfyError, ComfyServer
+from tests.razor_graphs import LATENT_NODES, SIZE, cpu_prompt, ids_of, one_of, sampler_chain, workflow_path
 from tests.tiny_checkpoints import TEXT_PREFIXES, UNET, write_tiny_checkpoint
 
 FAMILIES = ("sd15", "sd3")
-LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")
 ROUNDTRIP_CKPT = "razor_{family}_unlearned.safetensors"   # the saved full checkpoint, copied into models/checkpoints
 ROUNDTRIP_LORA = "razor_{family}_edit.safetensors"        # the saved edit file, copied into models/loras
 EDIT_PREFIX, FULL_PREFIX = "razor/{family}_test_edit", "razor/{family}_test_full"
-SIZE, STEPS = 64, 4
-
-
-def workflow_path(family: str) -> Path:
-    return REPO_ROOT / "workflows" / f"{family}_remove_style.json"
-
-
-def _ids(prompt: dict, class_type: str) -> list[str]:
-    return [k for k, n in prompt.items() if n["class_type"] == class_type]
-
-
-def _one(prompt: dict, class_type: str) -> str:
-    ids = _ids(prompt, class_type)
-    assert len(ids) == 1, f"expected one {class_type} in the workflow, found {ids}"
-    return ids[0]
-
-
-def _first_lines(text: str, n: int) -> str:
-    return "\n".join([line for line in text.splitlines() if line.strip()][:n])
-
-
-def cpu_prompt(server: ComfyServer, family: str) -> dict:
-    """The shipped workflow as an API prompt, shrunk for two CPU cores (the workflow file itself is unchanged)."""
-    prompt = ui_workflow_to_api_prompt(json.loads(workflow_path(family).read_text()), server.object_info())
-    for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind in LATENT_NODES:
-            inputs.update(width=SIZE, height=SIZE, batch_size=1)
-        elif kind in ("KSampler", "RazorScoreHeads"):
-            inputs["steps"] = STEPS
-        elif kind == "RazorLoadForgetSet":
-            inputs["forget_prompts"] = _first_lines(inputs["forget_prompts"], 2)
-            inputs["retain_prompts"] = _first_lines(inputs["retain_prompts"], 2)
-        elif kind == "RazorGrowEditSet":
-            inputs["max_rounds"] = 2  # one step and one growth round
-        elif kind == "RazorSaveUnlearnedModel":
-            inputs["filename_prefix"] = EDIT_PREFIX.format(family=family)
-    return prompt
-
-
-def sampler_chain(prompt: dict) -> dict[str, dict]:
-    """{'original'|'unlearned': {'sampler': id, 'decode': id}}: the two KSampler -> VAEDecode chains, told apart by
-    the MODEL they sample (the loader's, or Apply RAZOR Edit's)."""
-    load, apply = _one(prompt, "CheckpointLoaderSimple"), _one(prompt, "RazorApplyEdit")
-    chains = {}
-    for k in _ids(prompt, "KSampler"):
-        source = prompt[k]["inputs"]["model"][0]
-        decode = next(d for d in _ids(prompt, "VAEDecode") if prompt[d]["inputs"]["samples"][0] == k)
-        chains[{load: "original", apply: "unlearned"}[source]] = {"sampler": k, "decode": decode}
-    assert set(chains) == {"original", "unlearned"}
-    return chains
 
 
 def fingerprint_prompt(prompt: dict, label: str) -> dict:
     """The workflow's own loader (same node, same inputs: ComfyUI hands every prompt the same cached MODEL/CLIP)
     and a fingerprint of what it loaded."""
-    load = _one(prompt, "CheckpointLoaderSimple")
+    load = one_of(prompt, "CheckpointLoaderSimple")
     return {load: prompt[load], "fp": {"class_type": "RazorFingerprint", "inputs": {
         "model": [load, 0], "clip": [load, 1], "label": label}}}
 
@@ -146,10 +95,10 @@ def ckpt_run(comfy_server: ComfyServer, request):
                base / "models" / "loras" / roundtrip_lora]
     try:
         write_tiny_checkpoint(family, checkpoint)
-        prompt = cpu_prompt(comfy_server, family)
+        prompt = cpu_prompt(comfy_server, family, edit_prefix)
         chains = sampler_chain(prompt)
         fingerprint_before = comfy_server.run(fingerprint_prompt(prompt, "before"))["fp"]["text"][0]
-        load, grow = _one(prompt, "CheckpointLoaderSimple"), _one(prompt, "RazorGrowEditSet")
+        load, grow = one_of(prompt, "CheckpointLoaderSimple"), one_of(prompt, "RazorGrowEditSet")
         graph = dict(prompt)
         for tag, chain in chains.items():
             graph.update(save_nodes(chain["sampler"], chain["decode"], tag))
@@ -179,18 +128,18 @@ def ckpt_run(comfy_server: ComfyServer, request):
 
 def test_workflow_runs_and_previews_every_result(ckpt_run: dict, comfy_server: ComfyServer):
     prompt, outputs = ckpt_run["prompt"], ckpt_run["outputs"]
-    for node in _ids(prompt, "PreviewImage"):
+    for node in ids_of(prompt, "PreviewImage"):
         assert len(outputs[node]["images"]) == 1, f"preview {node} shows nothing"
-    stitch_preview = next(k for k in _ids(prompt, "PreviewImage")
+    stitch_preview = next(k for k in ids_of(prompt, "PreviewImage")
                           if prompt[prompt[k]["inputs"]["images"][0]]["class_type"] == "ImageStitch")
     side_by_side = comfy_server.images(outputs[stitch_preview])
-    spacing = prompt[_one(prompt, "ImageStitch")]["inputs"]["spacing_width"]
+    spacing = prompt[one_of(prompt, "ImageStitch")]["inputs"]["spacing_width"]
     assert side_by_side.shape == (1, SIZE, 2 * SIZE + spacing, 3)
-    heatmap = comfy_server.images(outputs[_one(prompt, "RazorScoreHeads")])
+    heatmap = comfy_server.images(outputs[one_of(prompt, "RazorScoreHeads")])
     assert heatmap.shape[0] == 1 and heatmap.shape[1] > 100
-    report = outputs[_one(prompt, "PreviewAny")]["text"][0]
+    report = outputs[one_of(prompt, "PreviewAny")]["text"][0]
     assert "Van Gogh" in report and "edited units:" in report
-    saved = outputs[_one(prompt, "RazorSaveUnlearnedModel")]["text"][0]
+    saved = outputs[one_of(prompt, "RazorSaveUnlearnedModel")]["text"][0]
     assert f"saved {ckpt_run['edit_prefix']}_00001_.safetensors" in saved
 
 
@@ -281,9 +230,9 @@ def test_pixel_images_for_a_latent_model_get_a_clear_error(ckpt_run: dict, comfy
     """Forget images stand in for the model's own samples, which for SD1.5 are 4-channel latents: connecting
     pixel images must say so (instead of a shape error deep inside the UNet)."""
     prompt = ckpt_run["prompt"]
-    forget, score = _one(prompt, "RazorLoadForgetSet"), _one(prompt, "RazorScoreHeads")
+    forget, score = one_of(prompt, "RazorLoadForgetSet"), one_of(prompt, "RazorScoreHeads")
     latent = next(k for k, n in prompt.items() if n["class_type"] in LATENT_NODES)
-    graph = {k: prompt[k] for k in (_one(prompt, "CheckpointLoaderSimple"), latent)}
+    graph = {k: prompt[k] for k in (one_of(prompt, "CheckpointLoaderSimple"), latent)}
     graph["pixels"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 2,
                                                               "color": 0}}
     graph[forget] = {"class_type": "RazorLoadForgetSet",

@@ -23,6 +23,9 @@ and conv weights normal with std 0.5/sqrt(fan_in) (0.02 for CLIP's linears and t
 init; 0.01 for its position embedding). Everything is stored as float16, like the usual pruned files, and is fully
 determined by the seed. The SD1.5 file is 465 MB (CLIP-L 246 MB, VAE 167 MB, UNet 52 MB), the SD3 one 418 MB;
 writing one takes a few seconds and ComfyUI loads it in about 1 s on 2 CPU cores.
+
+`sd15_full` is not tiny: SD1.5's whole UNet (859,520,964 parameters, SD1.5's exact count) with the same CLIP-L and
+VAE, 2.0 GB, for benchmarks/comfy_memory.py; no test writes it.
 """
 from __future__ import annotations
 
@@ -105,6 +108,45 @@ def unet_shapes() -> Shapes:
         _unet_transformer(shapes, f"output_blocks.{i}.1", c)
     _norm(shapes, "out.0", c)
     _conv(shapes, "out.2", c, 4, 3)
+    return {UNET + k: v for k, v in shapes.items()}
+
+
+def full_unet_shapes() -> Shapes:
+    """SD1.5's whole UNet (860 M parameters): four levels of 320·(1, 2, 4, 4) channels, two res blocks per level, a
+    transformer after each res block of the first three levels, stride-2 downsampling convs and upsampling convs."""
+    shapes: Shapes = {}
+    _linear(shapes, "time_embed.0", CHANNELS, TIME_DIM)
+    _linear(shapes, "time_embed.2", TIME_DIM, TIME_DIM)
+    _conv(shapes, "input_blocks.0.0", 4, CHANNELS, 3)
+    widths = [CHANNELS * m for m in (1, 2, 4, 4)]
+    skips, n_in, block = [CHANNELS], CHANNELS, 1
+    for level, width in enumerate(widths):
+        for _ in range(2):
+            _unet_res_block(shapes, f"input_blocks.{block}.0", n_in, width)
+            if level < 3:
+                _unet_transformer(shapes, f"input_blocks.{block}.1", width)
+            skips.append(n_in := width)
+            block += 1
+        if level < 3:
+            _conv(shapes, f"input_blocks.{block}.0.op", width, width, 3)
+            skips.append(width)
+            block += 1
+    _unet_res_block(shapes, "middle_block.0", n_in, n_in)
+    _unet_transformer(shapes, "middle_block.1", n_in)
+    _unet_res_block(shapes, "middle_block.2", n_in, n_in)
+    block = 0
+    for level in reversed(range(4)):
+        for j in range(3):
+            _unet_res_block(shapes, f"output_blocks.{block}.0", n_in + skips.pop(), widths[level])
+            n_in, part = widths[level], 1
+            if level < 3:
+                _unet_transformer(shapes, f"output_blocks.{block}.1", n_in)
+                part = 2
+            if level > 0 and j == 2:
+                _conv(shapes, f"output_blocks.{block}.{part}.conv", n_in, n_in, 3)
+            block += 1
+    _norm(shapes, "out.0", CHANNELS)
+    _conv(shapes, "out.2", CHANNELS, 4, 3)
     return {UNET + k: v for k, v in shapes.items()}
 
 
@@ -207,6 +249,7 @@ def vae_shapes(latent_channels: int = 4, quant_convs: bool = True) -> Shapes:
 FAMILIES = {
     "sd15": lambda: {**unet_shapes(), **clip_shapes(CLIP), **vae_shapes()},
     "sd3": lambda: {**mmdit_shapes(), **clip_shapes(SD3_CLIP), **vae_shapes(SD3_LATENT, quant_convs=False)},
+    "sd15_full": lambda: {**full_unet_shapes(), **clip_shapes(CLIP), **vae_shapes()},
 }
 TEXT_PREFIXES = {"sd15": CLIP, "sd3": SD3_CLIP}
 

@@ -7,8 +7,11 @@ translation, and every unit name starts with its tower.
 What the caller (a node) must do first, because it needs ComfyUI itself: load the model fully
 (`comfy.model_management.load_models_gpu`), so that its modules hold the weights with any earlier patches applied,
 and wrap the whole run in `torch.inference_mode(False)`. ComfyUI loads weights as inference tensors, which autograd
-cannot save, so the adapter runs every forward on ordinary copies of the towers' weights (made once, `torch.func.
-functional_call`), never on the modules' own tensors, and never writes to them.
+cannot save, so the adapter runs every forward (`torch.func.functional_call`) on ordinary aliases of the towers'
+weights (`gradients.ordinary_alias`: the same memory, no copy), never on the modules' own tensors, and never writes
+to them. An adapter kept in a cached RAZOR_SCORES stays valid: ComfyUI patches weights out of place, so an alias
+keeps the weights it was made for alive; a model patched in place gets its own patches back from the node's `load`
+before every use.
 
 Predictions are ComfyUI's denoised estimates (`BaseModel.apply_model`), which works the same for ε-, v- and
 flow-models; timesteps t ∈ (0, 1) map to the model's own σ through its `model_sampling`.
@@ -30,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..edit import fingerprint
+from ..gradients import ordinary_alias
 from ..objective import Params
 from ..units import COMFY_STYLE, AttentionSpec, EditUnit
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
@@ -111,14 +115,13 @@ class ComfyDiffusion(UnitModel):
             self.add_module(name, module)
         self.text_prefix = tuple(f"{name}." for name in towers)
         self.requires_grad_(False)
-        with torch.inference_mode(False):  # ordinary copies of every weight the forwards use (see module doc)
-            self._copies = {k: v.clone() for k, v in self.named_parameters()}
-        self._owners = {k: self.get_submodule(k.rsplit(".", 1)[0]) for k in self._copies}
+        self._weights = {k: ordinary_alias(v) for k, v in self.named_parameters()}  # see the module doc
+        self._owners = {k: self.get_submodule(k.rsplit(".", 1)[0]) for k in self._weights}
         self._theta0: dict[str, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self._copies.values())).device
+        return next(iter(self._weights.values())).device
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -128,18 +131,18 @@ class ComfyDiffusion(UnitModel):
     def base_params(self, units: list[EditUnit]) -> Params:
         """θ⁰ as the forwards use it. ComfyUI's manual-cast layers (its text encoders, always) may compute in a wider
         dtype than they store: theirs is float32 (converted once), so that their gradients are not rounded to the
-        storage dtype. Other layers compute in their own dtype, gradients included: their weight copies serve as
+        storage dtype. Other layers compute in their own dtype, gradients included: their weights serve as
         they are (no float32 copy of a GPU UNet's candidates)."""
         for p in (p for u in units for p in u.params):
             if p not in self._theta0:
-                w = self._copies[p]
+                w = self._weights[p]
                 widen = getattr(self._owners[p], "comfy_cast_weights", False) and w.element_size() < 4
                 self._theta0[p] = w.float() if widen and w.is_floating_point() else w
         return {p: self._theta0[p] for u in units for p in u.params}
 
     def fingerprint(self, names: list[str]) -> str:
         """Of the weights as they were when this adapter was made (the edit's base)."""
-        return fingerprint({k: self._copies[k] for k in names})
+        return fingerprint({k: self._weights[k] for k in names})
 
     def units(self) -> list[EditUnit]:
         heads = self.granularity == "heads"
@@ -170,14 +173,14 @@ class ComfyDiffusion(UnitModel):
         """A candidate parameter in the dtype its layer computes with. ComfyUI's manual-cast layers (its text
         encoders, always) cast the weight to the input's dtype themselves, so they take the float32 value as it is
         and its gradient stays float32; plain layers need their own dtype (differentiable cast)."""
-        dtype = self._copies[name].dtype
+        dtype = self._weights[name].dtype
         if value.dtype == dtype or getattr(self._owners[name], "comfy_cast_weights", False):
             return value
         return value.to(dtype)
 
     def _call(self, params: Params, *args: Any) -> torch.Tensor:
         overrides = {k: self._as_module_dtype(k, v) for k, v in params.items()}
-        return functional_call(self, {**self._copies, **overrides}, args)
+        return functional_call(self, {**self._weights, **overrides}, args)
 
     def encode(self, params: Params, prompts: list[str]) -> TextConditioning:
         clip = self._clip[0]

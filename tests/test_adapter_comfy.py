@@ -1,0 +1,71 @@
+"""The ComfyUI adapter on weights made the way ComfyUI makes them (inside `torch.inference_mode()`), without a
+server: a MiniDiT behind a duck-typed BaseModel. The workflows through a real server are in test_comfy_*.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
+from razor_core.minicanvas.denoiser import MiniDiT
+
+CONFIG = {"image_size": 8, "patch_size": 4, "width": 32, "depth": 2, "heads": 2, "context_dim": 16,
+          "refine_channels": 4}
+
+
+class FakeBase:
+    """The parts of ComfyUI's BaseModel the adapter calls: apply_model on (x, σ, context), σ = 1 − percent."""
+    manual_cast_dtype = None
+
+    def __init__(self, denoiser: MiniDiT):
+        self.diffusion_model = denoiser
+        self.model_sampling = SimpleNamespace(percent_to_sigma=lambda percent: 1.0 - percent)
+
+    def get_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, c_crossattn: torch.Tensor) -> torch.Tensor:
+        return self.diffusion_model(x, sigma * 1000, c_crossattn)
+
+
+def _denoiser() -> MiniDiT:
+    torch.manual_seed(0)
+    denoiser = MiniDiT(**CONFIG)
+    for p in denoiser.parameters():  # DiT's zero-initialised gates would leave most gradients zero
+        torch.nn.init.normal_(p, std=0.2)
+    return denoiser
+
+
+def _gradients(adapter: ComfyDiffusion, theta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    x, context = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 16)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+    prediction = adapter.predict(leaves, x, torch.tensor([0.3, 0.7]), TextConditioning(context, None))
+    prediction.square().mean().backward()
+    return {k: v.grad for k, v in leaves.items()}
+
+
+def test_inference_weights_get_gradients_without_a_copy_and_stay_untouched():
+    """ComfyUI's weights are inference tensors, which autograd refuses to save; the adapter differentiates through
+    aliases of their memory (no second model's worth of copies) and never writes to them."""
+    with torch.inference_mode():
+        loaded = _denoiser()  # what a ComfyUI loader hands over: every weight an inference tensor
+    assert all(p.is_inference() for p in loaded.parameters())
+    original = {k: v.clone() for k, v in loaded.state_dict().items()}
+    adapter = ComfyDiffusion(SimpleNamespace(model=FakeBase(loaded)), None, sampler=None, blocks="denoiser")
+    units = adapter.units()
+    assert {u.kind for u in units} == {"head", "mlp"}
+    theta0 = adapter.base_params(units)
+    module_params = dict(loaded.named_parameters())
+    for name, value in theta0.items():
+        assert not value.is_inference()
+        assert value.data_ptr() == module_params[name.removeprefix("diffusion_model.")].data_ptr(), name
+
+    grads = _gradients(adapter, theta0)
+    reference = ComfyDiffusion(SimpleNamespace(model=FakeBase(_denoiser())), None, sampler=None, blocks="denoiser")
+    expected = _gradients(reference, reference.base_params(units))
+    assert grads.keys() == expected.keys() and any(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        assert torch.equal(grads[name], expected[name]), name
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, original[name]), name
