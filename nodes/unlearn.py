@@ -21,6 +21,7 @@ from .common import (CATEGORY, FORGET_SET, RAZOR_EDIT, RAZOR_SCORES, ScoredModel
                      gradients_allowed, image_output, load, progress_reporter, require_finite_inputs, same_objects)
 
 PRESETS = ("custom", "MiniCanvas demo")
+MAX_INITIAL_UNITS = 64  # the largest first-round budget Grow Edit Set accepts
 DEFAULT_PROMPTS = "a painting in {concept} style\na portrait in {concept} style\na landscape in {concept} style"
 DEFAULT_RETAIN = "a painting in impressionist style\na portrait in cubist style\na landscape photo\n"
 
@@ -152,7 +153,9 @@ class RazorScoreHeads(io.ComfyNode):
         initial = growth.initial_sets(adapter.units(), scoring.scores, growth.RazorConfig())
         heat = image_output(plots.score_heatmap(scoring.scores, {u.name for s in initial for u in s},
                                                 f"{forget_set.concept}: unit scores"))
-        scored = ScoredModel(objective, scoring, forget_set, (model, clip), granularity, blocks)
+        # Only the gradients Grow Edit Set's round 0 can use: ComfyUI keeps this output cached (and on the device).
+        kept = growth.for_round_zero(scoring, adapter.units(), MAX_INITIAL_UNITS)
+        scored = ScoredModel(objective, kept, forget_set, (model, clip), granularity, blocks)
         return io.NodeOutput(scored, heat, ui=ui.PreviewImage(heat, cls=cls))
 
 
@@ -174,7 +177,7 @@ class RazorGrowEditSet(io.ComfyNode):
                 RAZOR_SCORES.Input("scores", tooltip="From Score Heads."),
                 io.Combo.Input("method", options=["razor", "slug"], default="razor", tooltip=(
                     "razor: growing set, regularised steps. slug: the SLUG baseline.")),
-                io.Int.Input("max_initial_units", default=3, min=1, max=64, tooltip=(
+                io.Int.Input("max_initial_units", default=3, min=1, max=MAX_INITIAL_UNITS, tooltip=(
                     "At most this many units in the first round (those scoring at least half the best).")),
                 io.Int.Input("max_rounds", default=6, min=1, max=32, tooltip=(
                     "Round budget: each round adds one unit and takes one step.")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -131,6 +131,20 @@ class Scoring:
     config: RazorConfig
 
 
+def for_round_zero(scoring: Scoring, units: list[EditUnit], max_initial_units: int) -> Scoring:
+    """`scoring` with the gradients of just the units round 0 can start from, with either method and any budget up to
+    `max_initial_units` (growth rounds compute their own): what a scoring kept for later needs. All of them would be
+    two float32 copies of every candidate (2.6 GB for SD1.5), held as long as ComfyUI caches Score Heads' output."""
+    starts = [replace(scoring.config, method=m, max_initial_units=max_initial_units) for m in ("razor", "slug")]
+    keep = {p for config in starts for s in initial_sets(units, scoring.scores, config) for u in s for p in u.params}
+    grads = scoring.gradients
+
+    def kept(params: Params) -> Params:
+        return {k: v for k, v in params.items() if k in keep}
+    return replace(scoring, gradients=replace(grads, forget=kept(grads.forget), retain=kept(grads.retain),
+                                              retain_sketch=[kept(p) for p in grads.retain_sketch]))
+
+
 def score(objective: Objective, config: RazorConfig = RazorConfig()) -> Scoring:
     """Gradients once at θ⁰ and φ for every candidate unit (what ScoreHeads shows; `run` starts from it)."""
     units = objective.units()
@@ -159,9 +173,11 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     rounds_budget = config.max_rounds if config.method == "razor" else 1
     report = progress or (lambda *_: None)
     sketch = config.retain_sketch if config.method == "razor" else 0
+    candidates = initial_sets(units, scoring.scores, config)
+    if any(p not in scoring.gradients.forget for s in candidates for u in s for p in u.params):
+        scoring = score(objective, config)  # kept (`for_round_zero`) for other settings than these
     grads, scores, before = scoring.gradients, scoring.scores, scoring.before
     backward = grads.backward_passes
-    candidates = initial_sets(units, scores, config)
     delta: Params = {}
     records: list[RoundRecord] = []
     added: str | None = None

@@ -145,6 +145,26 @@ def test_slug_mode_is_one_layer_one_round_forget_only():
     assert len(result.units) == 1 and len(result.rounds) == 1
 
 
+def test_a_kept_scoring_holds_round_zeros_gradients_only_and_grows_the_same_edit():
+    """What Score Heads hands on (and ComfyUI caches): the gradients of the units round 0 can start from, not two
+    float32 copies of every candidate; growth from it is the growth from the full scoring."""
+    objective = ToyObjective()
+    full = growth.score(objective)
+    kept = growth.for_round_zero(full, objective.units(), max_initial_units=1)
+    assert set(kept.gradients.forget) == set(kept.gradients.retain) == {"a"}  # b scores below half of a; c is 0
+    assert kept.scores == full.scores and set(full.gradients.forget) == {"a", "b", "c"}
+    for config in (growth.RazorConfig(max_initial_units=1), growth.RazorConfig(method="slug", drift_tolerance=10.0)):
+        expected, result = growth.run(objective, config, scoring=full), growth.run(objective, config, scoring=kept)
+        assert [u.name for u in result.units] == [u.name for u in expected.units]
+        assert result.delta.keys() == expected.delta.keys()
+        assert all(torch.equal(result.delta[k], expected.delta[k]) for k in expected.delta)
+    # Settings the kept scoring cannot start (b joins round 0 at a lower threshold): its gradients are recomputed.
+    wider = growth.RazorConfig(threshold=0.1, max_rounds=1)
+    result, fresh = growth.run(objective, wider, scoring=kept), growth.run(objective, wider)
+    assert [u.name for u in result.units] == [u.name for u in fresh.units] == ["toy.a", "toy.b"]
+    assert all(torch.equal(result.delta[k], fresh.delta[k]) for k in fresh.delta)
+
+
 class TwoTowerObjective(ToyObjective):
     """Tower `loud` has the larger gradient/weight ratio but every move of it costs retention; `quiet` (large
     weights, so a low ratio) forgets freely."""
