@@ -30,6 +30,7 @@ from tests.razor_graphs import cpu_prompt, one_of, sampler_chain, workflow_path
 from tests.tiny_checkpoints import write_tiny_checkpoint
 
 FAMILY = "sd15"
+EDIT_PREFIX = "razor/memory_benchmark"  # where the workflow saves its edit file (output folder)
 TIMEOUT_S = 3600
 
 
@@ -66,7 +67,7 @@ def measure(checkpoint: Path, which: str) -> dict:
         server = start_server(base)
         try:
             idle = peak_rss_mb(server)
-            prompt = cpu_prompt(server, FAMILY, "razor/memory_benchmark")
+            prompt = cpu_prompt(server, FAMILY, EDIT_PREFIX)
             graph = inference_graph(prompt) if which == "inference" else prompt
             start = time.time()
             outputs = server.run(graph, timeout=TIMEOUT_S)
@@ -76,6 +77,8 @@ def measure(checkpoint: Path, which: str) -> dict:
             if which == "razor":
                 report = outputs[one_of(prompt, "PreviewAny")]["text"][0]
                 result["units"] = next(line for line in report.splitlines() if line.startswith("edited units:"))
+                edit_file, = (base / "output").glob(f"{EDIT_PREFIX}_*.safetensors")
+                result["edit_bytes"] = edit_file.stat().st_size
             return result
         finally:
             server.stop()
@@ -88,17 +91,21 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="razor_sd15_full_") as tmp:
         checkpoint = write_tiny_checkpoint("sd15_full", Path(tmp) / "sd15_full.safetensors")
         runs = [measure(checkpoint, which) for which in ("inference", "razor")]
-        checkpoint_gb = checkpoint.stat().st_size / 2**30
+        checkpoint_bytes = checkpoint.stat().st_size
+    checkpoint_gb = checkpoint_bytes / 2**30
     inference, razor = runs
     results = {"checkpoint": "SD1.5 layout, random weights, float16", "checkpoint_gb": round(checkpoint_gb, 3),
-               "runs": runs, "razor_peak / inference_peak": round(razor["peak_rss_mb"] / inference["peak_rss_mb"], 3)}
+               "runs": runs, "razor_peak / inference_peak": round(razor["peak_rss_mb"] / inference["peak_rss_mb"], 3),
+               "edit_bytes / checkpoint_bytes": round(razor["edit_bytes"] / checkpoint_bytes, 5)}
     atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
     print(f"SD1.5-size checkpoint ({checkpoint_gb:.2f} GB) in ComfyUI on the CPU")
     print("| graph | nodes | seconds | idle RSS MB | peak RSS MB |")
     print("|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['graph']} | {r['nodes']} | {r['seconds']} | {r['idle_rss_mb']} | {r['peak_rss_mb']} |")
-    print(f"razor_peak / inference_peak = {results['razor_peak / inference_peak']}")
+    print(f"razor_peak / inference_peak = {results['razor_peak / inference_peak']}; edit file "
+          f"{razor['edit_bytes'] / 2**20:.2f} MiB = {100 * results['edit_bytes / checkpoint_bytes']:.3f} % of the "
+          f"checkpoint ({razor['units']})")
 
 
 if __name__ == "__main__":
