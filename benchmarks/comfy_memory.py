@@ -4,7 +4,7 @@ workflow, against its peak while it only draws with the stock nodes.
     .venv/bin/python -m benchmarks.comfy_memory --json out/comfy_memory.json
 
 The checkpoint is SD1.5 with random weights (tests/tiny_checkpoints.py, family `sd15_full`: the whole 860 M-parameter
-UNet, CLIP-L and the VAE as float16, 2.1 GB, written to a temporary folder and deleted afterwards); the values do not
+UNet, CLIP-L and the VAE as float16, 2.0 GB, written to a temporary folder and deleted afterwards); the values do not
 matter for memory. Each measurement starts a fresh ComfyUI server, so each peak (the process's VmHWM) is its own:
 - inference: the workflow's sampling chain for the original model alone (Load Checkpoint, CLIP Text Encode,
   KSampler, VAE Decode, Preview Image);
