@@ -32,10 +32,13 @@ def ordinary_alias(t: torch.Tensor) -> torch.Tensor:
     """`t` detached, as an ordinary tensor over the same memory. Autograd refuses to save inference tensors (ComfyUI
     loads every weight as one) for backward, because they carry no version counter to detect in-place writes; the
     alias has its own, and nothing in razor_core writes to weights in place, so sharing their memory is safe where a
-    copy would cost a second model's worth of memory."""
+    copy would cost a second model's worth of memory. A tensor subclass (e.g. quantised weights that decode
+    themselves) is copied instead, so that it keeps its type."""
     if not t.is_inference():
         return t.detach()
     with torch.inference_mode(False):
+        if type(t) not in (torch.Tensor, torch.nn.Parameter):
+            return t.detach().clone()
         alias = torch.empty(0, dtype=t.dtype, device=t.device)
         return alias.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 

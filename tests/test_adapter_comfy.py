@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
+from razor_core.gradients import ordinary_alias
 from razor_core.minicanvas.denoiser import MiniDiT
 
 CONFIG = {"image_size": 8, "patch_size": 4, "width": 32, "depth": 2, "heads": 2, "context_dim": 16,
@@ -69,3 +70,19 @@ def test_inference_weights_get_gradients_without_a_copy_and_stay_untouched():
         assert torch.equal(grads[name], expected[name]), name
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, original[name]), name
+
+
+class QuantisedWeight(torch.Tensor):
+    """Stands for a tensor subclass that decodes itself (e.g. GGUF-quantised weights)."""
+
+
+def test_an_alias_is_a_view_of_the_same_memory_and_a_subclass_keeps_its_type():
+    with torch.inference_mode():
+        plain = torch.randn(3, 4)
+        quantised = torch.randn(3, 4).as_subclass(QuantisedWeight)
+    column_view = plain[:, 1:]  # storage offset and strides must carry over
+    alias = ordinary_alias(column_view)
+    assert not alias.is_inference() and alias.data_ptr() == column_view.data_ptr()
+    assert alias.stride() == column_view.stride() and torch.equal(alias, column_view)
+    copy = ordinary_alias(quantised)  # an alias would be a plain tensor over the encoded bytes
+    assert type(copy) is QuantisedWeight and not copy.is_inference() and torch.equal(copy, quantised)
