@@ -44,9 +44,9 @@ def ordinary_alias(t: torch.Tensor) -> torch.Tensor:
 
 
 def _leaves(params: Params, keys: Sequence[str]) -> Params:
-    """`params` with differentiable aliases for `keys` (the others detached); none of them copies a weight."""
+    """Ordinary aliases of `params`, differentiable for `keys` only; none of them copies a weight."""
     wanted = set(keys)
-    return {k: ordinary_alias(v).requires_grad_(True) if k in wanted else v.detach() for k, v in params.items()}
+    return {k: ordinary_alias(v).requires_grad_(k in wanted) for k, v in params.items()}
 
 
 def _zeros_float32(t: torch.Tensor) -> torch.Tensor:
