@@ -22,7 +22,7 @@ from .gradients import Gradients, compute_gradients, mismatch_gradients
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
-from .update import StepWeights, add, directions, refine_units, search_step, step_delta
+from .update import START_SCALE, StepWeights, add, directions, refine_units, search_step, step_delta
 from .units import EditUnit
 
 STALL = 0.01  # a round that improves forget progress by less than this ends the growth
@@ -181,18 +181,24 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     delta: Params = {}
     records: list[RoundRecord] = []
     added: str | None = None
+    reached = before
     for r in range(rounds_budget):
         start = time.time()
         report(r, rounds_budget, f"round {r + 1}: stepping {len(candidates[0])} unit(s)")
         current = add(theta0, delta)
+        # Growth rounds start their search at half the previous step (steps mostly shrink as the set grows, about
+        # halving per round on MiniCanvas; the search goes down as well as up) and must beat what it reached.
+        start = records[-1].scale / 2.0 if records and records[-1].scale > 0 else START_SCALE
         tried = []
         for edit_set in candidates:
             dirs = directions(edit_set, grads, weights, preconditioner_for(objective, edit_set, current, config))
-            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance)))
+            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
+                                                      start=start, baseline=reached)))
         edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
         # Per-unit steps for the kept candidate only: every unit in round 0, later only the unit just added.
         found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, found,
                              [added] if added else [u.name for u in edit_set])
+        reached = found.validation  # what the next round's step must improve on
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():
             delta[name] = delta[name] + t if name in delta else t

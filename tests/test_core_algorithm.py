@@ -96,12 +96,93 @@ def test_step_search_stops_doubling_past_the_forget_peak():
     objective.gap = 4.0
     unit = objective.units()[0]
     dirs = {unit.name: torch.tensor([1.0, 0, 0, 0])}
-    found = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, bisections=0)
-    exhaustive = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, bisections=0,
-                                    patience=100)
+    found = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, start=0.002,
+                               bisections=0)
+    exhaustive = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, start=0.002,
+                                    bisections=0, patience=100)
     assert (found.probes, exhaustive.probes) == (5, 9)  # s = 0.002·2^k: peak at k = 2, cap 1.0 at k = 8
     assert found.scale == exhaustive.scale == pytest.approx(0.008)
     assert found.validation.forget_progress > 0.9
+
+
+def _peak_at_one_percent() -> tuple[ToyObjective, EditUnit, dict[str, torch.Tensor]]:
+    """Forget progress along the direction is 1 − (200·s − 2)²/4: it peaks at s = 0.01; drift is (200·s)²/4."""
+    objective = ToyObjective()
+    objective.theta0 = {"a": 100 * torch.ones(4)}
+    objective.target = {"a": objective.theta0["a"] + torch.tensor([2.0, 0, 0, 0])}
+    objective.gap = 4.0
+    unit = objective.units()[0]
+    return objective, unit, {unit.name: torch.tensor([1.0, 0, 0, 0])}
+
+
+def test_step_search_halves_when_the_peak_lies_below_its_start():
+    objective, unit, dirs = _peak_at_one_percent()
+    found = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, start=0.064,
+                               bisections=0)
+    # up: 0.064, then 0.128 and 0.256 overshoot further; down: 0.032, 0.016, 0.008 improve, 0.004 does not
+    assert found.probes == 7
+    assert found.scale == pytest.approx(0.008) and found.validation.forget_progress > 0.9
+
+
+def test_step_search_halves_below_its_start_until_the_drift_is_within_tolerance():
+    objective, unit, dirs = _peak_at_one_percent()
+    found = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=0.011, bisections=0)
+    # 0.016, 0.008, 0.004, 0.002 drift too far; 0.001, the smallest step it halves to, is within the tolerance
+    assert found.scale == pytest.approx(update.MIN_SCALE) == pytest.approx(0.001)
+    assert found.validation.retain_drift <= 0.011 and found.validation.forget_progress > 0
+    assert found.probes == 5
+
+
+def test_step_search_stops_bisecting_where_the_peak_is_flat():
+    """A bisection probe as good as the best (within `settled`) ends the search; bisecting on would only move the
+    step along a flat peak."""
+    objective, unit, dirs = _peak_at_one_percent()
+    settled = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, start=0.002)
+    exhaustive = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6, start=0.002,
+                                    settled=0.0)
+    # doubling ends at 0.032 with the best at 0.008; the first bisection probe, 0.012, is as good as 0.008
+    assert (settled.probes, exhaustive.probes) == (6, 9)
+    assert settled.validation.forget_progress == pytest.approx(0.96)
+    assert exhaustive.validation.forget_progress == pytest.approx(1.0, abs=0.01)
+
+
+class DipThenRise(ToyObjective):
+    """Forget progress along `a` peaks at 0.625 for a step of 0.005 from 0.6 where it starts, dips far below, and
+    rises again towards 0.5 for steps near 1: a search started at large steps climbs a slope that never beats
+    standing still (seen on MiniCanvas when a growth round began at half the previous round's large step)."""
+
+    def validate(self, params):
+        s = float(params["a"][0] - self.theta0["a"][0]) / 2  # the search's scale: ‖a‖ = 2
+        progress = 0.6 + 10 * s - 1000 * s * s if s < 0.05 else s - 0.5
+        return Validation(progress, 0.0)
+
+
+def test_step_search_must_beat_the_weights_it_starts_from():
+    objective = DipThenRise()
+    unit = objective.units()[0]
+    dirs = {unit.name: torch.tensor([1.0, 0, 0, 0])}
+    kwargs = {"drift_tolerance": 1.0, "start": 0.189}
+    blind = update.search_step(objective, objective.theta0, [unit], dirs, **kwargs)
+    assert blind.validation.forget_progress < 0.6 and blind.scale > 0.25  # climbed the far slope
+    found = update.search_step(objective, objective.theta0, [unit], dirs, **kwargs,
+                               baseline=objective.validate(objective.theta0))
+    assert found.validation.forget_progress > 0.62 and found.scale < 0.01
+    nothing = update.search_step(objective, objective.theta0, [unit], dirs, **kwargs, baseline=Validation(0.7, 0.0))
+    assert nothing.scale == 0.0 and nothing.validation.forget_progress == 0.7  # no step beats it: stay
+
+
+def test_growth_rounds_start_their_search_at_half_the_previous_step(monkeypatch):
+    starts = []
+
+    def recording(*args, start, **kwargs):
+        starts.append(start)
+        return update.search_step(*args, start=start, **kwargs)
+    monkeypatch.setattr(growth, "search_step", recording)
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
+                                weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+    result = growth.run(ToyObjective(), config)
+    assert len(result.rounds) == 2
+    assert starts == [update.START_SCALE, pytest.approx(result.rounds[0].scale / 2)]
 
 
 
