@@ -188,12 +188,12 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         current = add(theta0, delta)
         # Growth rounds start their search at half the previous step (steps mostly shrink as the set grows, about
         # halving per round on MiniCanvas; the search goes down as well as up) and must beat what it reached.
-        start = records[-1].scale / 2.0 if records and records[-1].scale > 0 else START_SCALE
+        search_from = records[-1].scale / 2.0 if records and records[-1].scale > 0 else START_SCALE
         tried = []
         for edit_set in candidates:
             dirs = directions(edit_set, grads, weights, preconditioner_for(objective, edit_set, current, config))
             tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
-                                                      start=start, baseline=reached)))
+                                                      start=search_from, baseline=reached)))
         edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
         # Per-unit steps for the kept candidate only: every unit in round 0, later only the unit just added.
         found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, found,

@@ -15,9 +15,10 @@ retain drift stays within tolerance and forget progress still improves. Progress
 overshoots, so doubling stops two probes past the peak; when the peak or the tolerance lies below the start, it
 halves instead. It then bisects next to the step with the best forget progress until a probe comes within 0.005 of
 it. A step must beat the forget progress the weights already have (a growth round's start can lie far past its
-peak, where doubling climbs a slope that never gets back to it). Measured on MiniCanvas: doubling on to the drift limit spent a third of all probes past the peak; doubling from
-s = 0.002 in every round spent four or five probes per search on steps far below it; and four fixed bisections
-moved the step but rarely the progress (by 0.001 on most searches).
+peak, where doubling climbs a slope that never gets back to it). Measured on MiniCanvas: doubling on to the drift
+limit spent a third of all probes past the peak; doubling from s = 0.002 in every round spent four or five probes
+per search on steps far below it; and four fixed bisections moved the step but rarely the progress (by 0.001 on
+most searches).
 """
 from __future__ import annotations
 
