@@ -8,7 +8,8 @@ times as `seconds`), and reports the cumulative seconds of each phase:
 - frozen predictions: the rest of building the objective (the frozen model's predictions and targets);
 - gradients: forget/retain gradients (round 0 and every growth round) and the mismatch gradients of each growth
   round's edit set;
-- preconditioner: recording the retain inputs of the edited layers;
+- preconditioner: round 0's pass over the retain data that records the inputs of the layers its proposals edit
+  (growth rounds record theirs during the mismatch gradient's pass, counted under gradients);
 - probes: the validation forward passes of the step-size searches (their count too);
 - other: scores, directions, bookkeeping.
 Profiling adds a little overhead, so the total is slightly above an unprofiled run.

@@ -56,15 +56,17 @@ def _zeros_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_gradient(objective: Objective, split: str, params: Params, keys: Sequence[str],
-                   loss_of: Callable[[Params, Any], torch.Tensor]) -> tuple[Params, int]:
+                   loss_of: Callable[[Params, Any], torch.Tensor],
+                   restart: Callable[[], None] = lambda: None) -> tuple[Params, int]:
     """Mean gradient of `loss_of` over the micro-batches of `split`, for the parameters `keys` only, again with
-    smaller micro-batches if they run out of memory."""
-    return retry_smaller(lambda: _mean_gradient_pass(objective, split, params, keys, loss_of),
+    smaller micro-batches if they run out of memory. `restart` is called as every attempt starts over."""
+    return retry_smaller(lambda: _mean_gradient_pass(objective, split, params, keys, loss_of, restart),
                          objective.smaller_batches, f"the {split} gradients")
 
 
 def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: Sequence[str],
-                        loss_of: Callable[[Params, Any], torch.Tensor]) -> tuple[Params, int]:
+                        loss_of: Callable[[Params, Any], torch.Tensor],
+                        restart: Callable[[], None]) -> tuple[Params, int]:
     """One pass of `_mean_gradient`. With a loss scale above 1, a pass in which a scaled gradient overflows starts
     over at a 16× smaller scale."""
     leaves = _leaves(params, keys)
@@ -72,6 +74,7 @@ def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: 
     scale = objective.gradient_scale
     with torch.enable_grad():
         while True:
+            restart()
             total = {k: _zeros_float32(params[k]) for k in keys}
             n = 0
             for batch in objective.batches(split):
@@ -154,9 +157,11 @@ def compute_gradients(objective: Objective, params: Params, sketch_size: int = 0
     return Gradients(forget, retain, n_f + n_r + n_s, retain_sketch=sketch)
 
 
-def mismatch_gradients(objective: Objective, params: Params, units: list[EditUnit]) -> tuple[Params, int]:
+def mismatch_gradients(objective: Objective, params: Params, units: list[EditUnit],
+                       restart: Callable[[], None] = lambda: None) -> tuple[Params, int]:
     """∇ of the mismatch loss at `params` for `units`' parameters only: a step moves just its edit set, so on a
     large model this saves a float32 gradient of every other candidate (SD1.5: 1.3 GB) at the cost of one more
-    forward pass over the retain data. Returns the gradients and the number of backward passes."""
+    forward pass over the retain data (which growth also uses to record the preconditioner's input moments; a pass
+    that starts over calls `restart`). Returns the gradients and the number of backward passes."""
     keys = list(dict.fromkeys(p for u in units for p in u.params))
-    return _mean_gradient(objective, "retain", params, keys, objective.mismatch_loss)
+    return _mean_gradient(objective, "retain", params, keys, objective.mismatch_loss, restart)

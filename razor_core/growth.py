@@ -1,7 +1,8 @@
 """The RAZOR loop: score once at θ⁰, edit a small set with one regularised step, grow the set until forgotten.
 
     round 0: gradients at θ⁰ → scores φ → per tower, a candidate initial set K = its units with φ ≥ τ·(the tower's
-             max φ) (at most `max_initial_units`); the candidate whose searched step forgets most is kept
+             max φ) (at most `max_initial_units`); the candidate whose step forgets most on the search's coarse
+             grid is kept (and only its step refined)
     each round: direction at the current weights → step size by search → Δ += step
     if forget progress < target and rounds remain: re-score on the edited model, add the best unedited unit
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -20,9 +22,9 @@ import torch
 
 from .gradients import Gradients, compute_gradients, mismatch_gradients
 from .objective import Objective, Params, Validation, require_finite
-from .preconditioner import precondition, retain_input_moments
+from .preconditioner import InputMoments, precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
-from .update import START_SCALE, StepWeights, add, directions, refine_units, search_step, step_delta
+from .update import START_SCALE, StepSearch, StepWeights, add, directions, refine_units, step_delta
 from .units import EditUnit
 
 STALL = 0.01  # a round that improves forget progress by less than this ends the growth
@@ -111,13 +113,25 @@ def initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorCo
     return sets or [[by_name[max(scores, key=lambda s: s.score).unit]]]
 
 
-def preconditioner_for(objective: Objective, edit_set: list[EditUnit], params: Params, config: RazorConfig):
-    """The retain-aware shaping of `edit_set`'s directions at `params` (None when off, for SLUG, or when the
-    objective cannot expose its layers' inputs)."""
-    root = objective.module_root()
-    if config.method != "razor" or not config.precondition or root is None:
+def _preconditions(objective: Objective, config: RazorConfig) -> bool:
+    """Whether steps get the retain-aware shaping: not when off, for SLUG, or when the objective cannot expose its
+    layers' inputs."""
+    return config.method == "razor" and config.precondition and objective.module_root() is not None
+
+
+def _input_recorder(objective: Objective, units: list[EditUnit], config: RazorConfig) -> InputMoments | None:
+    """What records the preconditioner's retain input moments of `units` during a pass (None without shaping)."""
+    return InputMoments(objective.module_root(), units) if _preconditions(objective, config) else None
+
+
+def preconditioner_for(objective: Objective, units: list[EditUnit], params: Params, config: RazorConfig,
+                       moments: dict[str, torch.Tensor] | None = None):
+    """The retain-aware shaping of the directions of `units` at `params`, from `moments` recorded there or, without
+    them, from a retain pass of its own (None without shaping)."""
+    if not _preconditions(objective, config):
         return None
-    moments = retain_input_moments(root, edit_set, lambda: objective.run_retain(params))
+    if moments is None:
+        moments = retain_input_moments(objective.module_root(), units, lambda: objective.run_retain(params))
     shapes = {k: v.shape for k, v in params.items()}
     return lambda unit, d: precondition(unit, d, shapes, moments, config.damping)
 
@@ -182,6 +196,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     records: list[RoundRecord] = []
     added: str | None = None
     reached = before
+    moments = None
     for r in range(rounds_budget):
         start = time.time()
         report(r, rounds_budget, f"round {r + 1}: stepping {len(candidates[0])} unit(s)")
@@ -189,14 +204,18 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         # Growth rounds start their search at half the previous step (steps mostly shrink as the set grows, about
         # halving per round on MiniCanvas; the search goes down as well as up) and must beat what it reached.
         search_from = records[-1].scale / 2.0 if records and records[-1].scale > 0 else START_SCALE
+        # One retain pass for every candidate's layers (round 0: one per tower); growth rounds recorded theirs
+        # during the mismatch gradient's pass.
+        shape = preconditioner_for(objective, [u for c in candidates for u in c], current, config, moments)
         tried = []
         for edit_set in candidates:
-            dirs = directions(edit_set, grads, weights, preconditioner_for(objective, edit_set, current, config))
-            tried.append((edit_set, dirs, search_step(objective, current, edit_set, dirs, config.drift_tolerance,
-                                                      start=search_from, baseline=reached)))
-        edit_set, dirs, found = max(tried, key=lambda t: (t[2].validation.forget_progress, -len(t[0])))
-        # Per-unit steps for the kept candidate only: every unit in round 0, later only the unit just added.
-        found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, found,
+            dirs = directions(edit_set, grads, weights, shape)
+            search = StepSearch(objective, current, edit_set, dirs, config.drift_tolerance, reached)
+            tried.append((edit_set, dirs, search.bracket(start=search_from)))
+        # Only the proposal that forgets most on the bracket's grid is refined: bisection, then per-unit steps
+        # (every unit in round 0, later only the unit just added).
+        edit_set, dirs, search = max(tried, key=lambda t: (t[2].forget_progress, -len(t[0])))
+        found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, search.bisect().result(),
                              [added] if added else [u.name for u in edit_set])
         reached = found.validation  # what the next round's step must improve on
         step = step_delta(edit_set, dirs, current, found.etas)
@@ -204,7 +223,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             delta[name] = delta[name] + t if name in delta else t
         records.append(RoundRecord(r, [u.name for u in edit_set], added, found.scale, found.etas,
                                    found.validation.forget_progress, found.validation.retain_drift,
-                                   found.probes + sum(t[2].probes for t in tried if t[1] is not dirs),
+                                   found.probes + sum(t[2].probe.count for t in tried if t[1] is not dirs),
                                    time.time() - start))
         if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
             break
@@ -224,8 +243,17 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         best = max(candidates, key=lambda s: s.score)
         candidates = [edit_set + [next(u for u in units if u.name == best.unit)]]
         added = best.unit
+        moments = None
+        # The mismatch gradient's pass over the retain data also records the next step's input moments (saving a
+        # forward pass per round; text layers then count each prompt once per micro-batch it is in, not once: a
+        # weighting by retain samples, as the denoiser's layers have).
         if weights.lambda_mismatch:
-            grads.mismatch, passes = mismatch_gradients(objective, edited, candidates[0])
+            recorder = _input_recorder(objective, candidates[0], config)
+            with recorder or nullcontext():
+                grads.mismatch, passes = mismatch_gradients(objective, edited, candidates[0],
+                                                            restart=recorder.restart if recorder else lambda: None)
             backward += passes
+            if recorder is not None and not recorder.missing():
+                moments = recorder.moments()
     report(rounds_budget, rounds_budget, "done")
     return GrowthResult(delta, edit_set, scores, records, backward, config, before)

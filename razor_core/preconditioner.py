@@ -25,32 +25,55 @@ def _linear_name(param: str) -> str:
     return param.rsplit(".", 1)[0]
 
 
-def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Σ = E[x̃ x̃ᵀ] of the inputs of every linear layer the units touch, recorded while `run_retain` runs the
-    model on retain data (hooks only; nothing else changes)."""
-    names = sorted({_linear_name(s.param) for u in units for s in u.slices})
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = defaultdict(int)
+class InputMoments:
+    """Records Σ = E[x̃ x̃ᵀ] of the inputs of every linear layer `units` touch while the model runs inside `with`
+    (forward hooks only; nothing else changes), so that a pass over retain data that runs anyway (the mismatch
+    gradient's) can measure them too. `restart` forgets what was recorded, for a pass that starts over."""
 
-    def hook_for(name: str):
+    def __init__(self, root: nn.Module, units: list[EditUnit]):
+        self.root = root
+        self.names = sorted({_linear_name(s.param) for u in units for s in u.slices})
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+        self.handles: list = []
+
+    def _hook_for(self, name: str):
         def hook(module: nn.Module, inputs: tuple, _output) -> None:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
             x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
-            sums[name] = sums.get(name, 0) + x.t() @ x
-            counts[name] += len(x)
+            self.sums[name] = self.sums.get(name, 0) + x.t() @ x
+            self.counts[name] += len(x)
         return hook
 
-    handles = [root.get_submodule(n).register_forward_hook(hook_for(n)) for n in names]
-    try:
-        with torch.no_grad():
-            run_retain()
-    finally:
-        for h in handles:
+    def __enter__(self) -> InputMoments:
+        self.handles = [self.root.get_submodule(n).register_forward_hook(self._hook_for(n)) for n in self.names]
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for h in self.handles:
             h.remove()
-    missing = [n for n in names if n not in sums]
-    if missing:
-        raise RuntimeError(f"retain data never reached {missing[:3]}: cannot measure their inputs")
-    return {n: sums[n] / counts[n] for n in names}
+        self.handles = []
+
+    def restart(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def missing(self) -> list[str]:
+        """Layers the recorded pass never reached."""
+        return [n for n in self.names if n not in self.sums]
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        if self.missing():
+            raise RuntimeError(f"retain data never reached {self.missing()[:3]}: cannot measure their inputs")
+        return {n: self.sums[n] / self.counts[n] for n in self.names}
+
+
+def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Σ of the inputs of every linear layer the units touch, recorded while `run_retain` runs the model on retain
+    data."""
+    with InputMoments(root, units) as recorder, torch.no_grad():
+        run_retain()
+    return recorder.moments()
 
 
 def _inverse(moment: torch.Tensor, damping: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ The shared search starts at s = 0.016 (growth rounds: at half the previous round
 retain drift stays within tolerance and forget progress still improves. Progress peaks and then falls as the step
 overshoots, so doubling stops two probes past the peak; when the peak or the tolerance lies below the start, it
 halves instead. It then bisects next to the step with the best forget progress until a probe comes within 0.005 of
-it. A step must beat the forget progress the weights already have (a growth round's start can lie far past its
+it (round 0 bisects only the tower proposal that forgets most on the doubling/halving grid). A step must beat the forget progress the weights already have (a growth round's start can lie far past its
 peak, where doubling climbs a slope that never gets back to it). Measured on MiniCanvas: doubling on to the drift
 limit spent a third of all probes past the peak; doubling from s = 0.002 in every round spent four or five probes
 per search on steps far below it; and four fixed bisections moved the step but rarely the progress (by 0.001 on
@@ -111,67 +111,97 @@ MIN_SCALE = 0.001     # the smallest step the search halves down to (then it bis
 SETTLED = 0.005       # a bisection probe this close to the best forget progress ends the search (half of STALL)
 
 
+class StepSearch:
+    """The shared step along s·‖θ_K‖/‖d_K‖·d, in two phases: `bracket` (doubling from the start, or halving below
+    it) finds the best step on a coarse grid, `bisect` refines next to it. Round 0 brackets every tower's proposal
+    and bisects only the one that forgets most: bisection moves forget progress by a few thousandths."""
+
+    def __init__(self, objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
+                 drift_tolerance: float, baseline: Validation | None = None):
+        self.probe = _Prober(objective, params, units, dirs, drift_tolerance)
+        self.units, self.tolerance, self.baseline = units, drift_tolerance, baseline
+        self.d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
+        self.theta_norm = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
+        self.best_scale, self.best, self.hi = 0.0, None, 0.0  # hi: the smallest step known to be too large
+
+    def _etas(self, scale: float) -> dict[str, float]:
+        return {u.name: scale * self.theta_norm / self.d_norm for u in self.units}
+
+    def _probe(self, scale: float) -> Validation:
+        return self.probe(self._etas(scale))
+
+    @property
+    def forget_progress(self) -> float:
+        """The best forget progress found so far (−inf when no step beat the baseline)."""
+        return self.best.forget_progress if self.best is not None else float("-inf")
+
+    def bracket(self, start: float = START_SCALE, max_scale: float = 1.0, min_scale: float = MIN_SCALE,
+                patience: int = 2) -> StepSearch:
+        """`patience`: doubling stops after this many probes in a row that did not improve forget progress."""
+        if self.d_norm == 0.0:
+            return self
+        self.hi, scale, stale = max_scale, start, 0
+        while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance and helps
+            v = self._probe(scale)
+            if v.retain_drift > self.tolerance:
+                self.hi = scale
+                break
+            if self.probe.better(v, self.best or self.baseline):
+                self.best_scale, self.best, stale = scale, v, 0
+            else:
+                stale += 1
+                if stale == patience:  # past the peak: larger steps overshoot the forget target
+                    break
+            scale *= 2.0
+        if self.best is None or self.best_scale == start:  # the peak, or the tolerance, lies below the start: halve
+            scale = start / 2.0
+            while scale >= min_scale:
+                v = self._probe(scale)
+                if self.probe.better(v, self.best or self.baseline):
+                    self.best_scale, self.best = scale, v
+                elif self.best is not None:
+                    break
+                else:
+                    self.hi = scale  # still too far: past the drift tolerance, or overshooting
+                scale /= 2.0
+        return self
+
+    def bisect(self, bisections: int = 4, settled: float = SETTLED) -> StepSearch:
+        """`settled`: bisection stops at a probe within this forget progress of the best (the peak is flat there)."""
+        if self.d_norm == 0.0:
+            return self
+        lo, hi = 0.0, self.hi
+        if self.best is not None:  # bisect between the best allowed step and its larger neighbour
+            lo, hi = self.best_scale, min(hi, self.best_scale * 2.0)
+        for _ in range(bisections):
+            mid = 0.5 * (lo + hi)
+            v = self._probe(mid)
+            flat = self.best is not None and v.retain_drift <= self.tolerance and abs(
+                v.forget_progress - self.best.forget_progress) < settled
+            if self.probe.better(v, self.best or self.baseline):
+                self.best_scale, self.best, lo = mid, v, mid
+            else:
+                hi = mid
+            if flat:
+                break
+        return self
+
+    def result(self) -> SearchResult:
+        if self.best is None:  # no step beats the weights it starts from: stay
+            stay = {u.name: 0.0 for u in self.units}
+            return SearchResult(stay, 0.0, self.baseline or self.probe(stay), self.probe.count)
+        return SearchResult(self._etas(self.best_scale), self.best_scale, self.best, self.probe.count)
+
+
 def search_step(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
                 drift_tolerance: float, start: float = START_SCALE, max_scale: float = 1.0,
                 min_scale: float = MIN_SCALE, bisections: int = 4, patience: int = 2,
                 settled: float = SETTLED, baseline: Validation | None = None) -> SearchResult:
-    """The shared step: the largest forget progress within the retain tolerance along s·‖θ_K‖/‖d_K‖·d.
-    `patience`: doubling stops after this many probes in a row that did not improve forget progress; `settled`:
-    bisection stops at a probe within this forget progress of the best (the peak is flat there); `baseline`: the
-    validation of `params` themselves, which a step must beat (a start far past the peak can land below it while
-    doubling still looks like progress)."""
-    probe = _Prober(objective, params, units, dirs, drift_tolerance)
-    d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
-    if d_norm == 0.0:
-        return SearchResult({u.name: 0.0 for u in units}, 0.0, objective.validate(params), 1)
-    theta_norm = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
-
-    def etas_for(scale: float) -> dict[str, float]:
-        return {u.name: scale * theta_norm / d_norm for u in units}
-
-    best_scale, best = 0.0, None
-    hi, scale, stale = max_scale, start, 0
-    while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance and helps
-        v = probe(etas_for(scale))
-        if v.retain_drift > drift_tolerance:
-            hi = scale
-            break
-        if probe.better(v, best or baseline):
-            best_scale, best, stale = scale, v, 0
-        else:
-            stale += 1
-            if stale == patience:  # past the peak: larger steps overshoot the forget target
-                break
-        scale *= 2.0
-    if best is None or best_scale == start:  # the peak, or the tolerance, lies below the start: halve instead
-        scale = start / 2.0
-        while scale >= min_scale:
-            v = probe(etas_for(scale))
-            if probe.better(v, best or baseline):
-                best_scale, best = scale, v
-            elif best is not None:
-                break
-            else:
-                hi = scale  # still too far: past the drift tolerance, or overshooting
-            scale /= 2.0
-    lo = 0.0
-    if best is not None:  # bisect between the best allowed step and its larger neighbour
-        lo, hi = best_scale, min(hi, best_scale * 2.0)
-    for _ in range(bisections):
-        mid = 0.5 * (lo + hi)
-        v = probe(etas_for(mid))
-        flat = best is not None and v.retain_drift <= drift_tolerance and abs(
-            v.forget_progress - best.forget_progress) < settled
-        if probe.better(v, best or baseline):
-            best_scale, best, lo = mid, v, mid
-        else:
-            hi = mid
-        if flat:
-            break
-    if best is None:
-        stay = {u.name: 0.0 for u in units}
-        return SearchResult(stay, 0.0, baseline or probe(stay), probe.count)
-    return SearchResult(etas_for(best_scale), best_scale, best, probe.count)
+    """The shared step: the largest forget progress within the retain tolerance along s·‖θ_K‖/‖d_K‖·d (see
+    `StepSearch`). `baseline`: the validation of `params` themselves, which a step must beat (a start far past the
+    peak can land below it while doubling still looks like progress)."""
+    search = StepSearch(objective, params, units, dirs, drift_tolerance, baseline)
+    return search.bracket(start, max_scale, min_scale, patience).bisect(bisections, settled).result()
 
 
 def refine_units(objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],

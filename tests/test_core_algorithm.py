@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from razor_core import growth, update
+from razor_core import growth, preconditioner, update
 from razor_core.gradients import compute_gradients, mismatch_gradients
 from razor_core.objective import Objective, Validation
 from razor_core.scoring import UnitScore, pareto_front, score_units
-from razor_core.units import EditUnit, Slice
+from razor_core.units import EditUnit, Slice, linear_units
 
 
 class ToyObjective(Objective):
@@ -168,11 +168,12 @@ def test_step_search_must_beat_the_weights_it_starts_from():
 
 def test_growth_rounds_start_their_search_at_half_the_previous_step(monkeypatch):
     starts = []
+    bracket = update.StepSearch.bracket
 
-    def recording(*args, start, **kwargs):
+    def recording(self, start, **kwargs):
         starts.append(start)
-        return update.search_step(*args, start=start, **kwargs)
-    monkeypatch.setattr(growth, "search_step", recording)
+        return bracket(self, start, **kwargs)
+    monkeypatch.setattr(update.StepSearch, "bracket", recording)
     config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
                                 weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
     result = growth.run(ToyObjective(), config)
@@ -269,6 +270,107 @@ def test_round_zero_keeps_the_tower_that_forgets_within_the_tolerance():
     result = growth.run(objective, growth.RazorConfig(max_rounds=1, drift_tolerance=0.05))
     assert [u.name for u in result.units] == ["quiet.y"] and "x" not in result.delta
     assert result.rounds[0].forget_progress > 0.5
+
+
+def test_round_zero_refines_only_the_proposal_that_forgets_most_on_the_coarse_grid(monkeypatch):
+    bisected = []
+    bisect = update.StepSearch.bisect
+
+    def recording(self, *args, **kwargs):
+        bisected.append([u.name for u in self.units])
+        return bisect(self, *args, **kwargs)
+    monkeypatch.setattr(update.StepSearch, "bisect", recording)
+    result = growth.run(TwoTowerObjective(), growth.RazorConfig(max_rounds=1, drift_tolerance=0.05))
+    assert bisected == [["quiet.y"]] and [u.name for u in result.units] == ["quiet.y"]
+    assert result.rounds[0].probes > 4  # the loud tower's probes are counted too
+
+
+class LinearObjective(Objective):
+    """Two linear layers, `first.net` then `second.net`, in two towers: forgetting maps the forget inputs' outputs to
+    a target, retention keeps the retain inputs' outputs. The retain data comes in two micro-batches."""
+
+    def __init__(self, gradient_scale: float = 1.0):
+        torch.manual_seed(0)
+        self.root = torch.nn.ModuleDict({"first": torch.nn.ModuleDict({"net": torch.nn.Linear(6, 6)}),
+                                         "second": torch.nn.ModuleDict({"net": torch.nn.Linear(6, 6)})})
+        self.root.requires_grad_(False)
+        self.theta0 = {k: v.detach() for k, v in self.root.named_parameters()}
+        self.forget_x, self.retain_x = torch.randn(8, 6), torch.randn(16, 6)
+        self.forget_x[:, -1] += 4.0  # the concept lives on the last input feature
+        self.target = torch.randn(8, 6)
+        self.frozen = self.retain_outputs(self.theta0, slice(None))
+        self.gap = float((self.outputs(self.theta0, self.forget_x) - self.target).pow(2).mean())
+        self.gradient_scale, self.restarts, self.retain_passes = gradient_scale, 0, 0
+
+    def outputs(self, params, x):
+        return torch.func.functional_call(self.root.second.net, {k.split(".", 2)[2]: v for k, v in params.items()
+                                                                  if k.startswith("second.")},
+                                          (torch.func.functional_call(self.root.first.net, {
+                                              k.split(".", 2)[2]: v for k, v in params.items()
+                                              if k.startswith("first.")}, (x,)),))
+
+    def units(self):
+        return linear_units(self.root, ["first.net", "second.net"])
+
+    def base_params(self):
+        return self.theta0
+
+    def batches(self, split):
+        return [slice(None)] if split == "forget" else [slice(0, 8), slice(8, 16)]
+
+    def forget_loss(self, params, batch):
+        return 1 - (self.outputs(params, self.forget_x) - self.target).pow(2).mean() / self.gap
+
+    def retain_loss(self, params, batch):
+        return (self.retain_outputs(params, batch) - self.frozen[batch]).pow(2).mean()
+
+    def mismatch_loss(self, params, batch):
+        loss = self.retain_loss(params, batch) / self.gap
+        if self.gradient_scale > 1 and batch.start == 0:  # the first micro-batch overflows once: a restart
+            self.gradient_scale, self.restarts = 1.0, self.restarts + 1
+            return loss * float("inf")
+        return loss
+
+    def retain_outputs(self, params, batch):
+        return self.outputs(params, self.retain_x[batch])
+
+    def validate(self, params):
+        with torch.no_grad():
+            progress = float(self.forget_loss(params, None))
+            drift = float((self.retain_outputs(params, slice(None)) - self.frozen).pow(2).mean()) / self.gap
+        return Validation(progress, drift)
+
+    def module_root(self):
+        return self.root
+
+    def run_retain(self, params):
+        self.retain_passes += 1
+        super().run_retain(params)
+
+
+@pytest.mark.parametrize("gradient_scale", [1.0, 2.0 ** 12])
+def test_growth_rounds_record_the_preconditioners_moments_in_the_mismatch_pass(monkeypatch, gradient_scale):
+    """Round 0 measures every tower's layers in one retain pass; each growth round records its layers' retain inputs
+    during the mismatch gradient's pass (which covers the same data at the same weights) instead of a pass of its
+    own, and a pass that starts over (loss-scale overflow) records them once, not one and a half times."""
+    recorded = []
+    moments_for = growth.preconditioner_for
+
+    def recording(objective, units, params, config, moments=None):
+        fresh = preconditioner.retain_input_moments(objective.module_root(), units, lambda: Objective.run_retain(
+            objective, params))
+        recorded.append((moments, fresh))
+        return moments_for(objective, units, params, config, moments)
+    monkeypatch.setattr(growth, "preconditioner_for", recording)
+    objective = LinearObjective(gradient_scale)
+    config = growth.RazorConfig(max_initial_units=1, forget_target=1.0, max_rounds=2, drift_tolerance=1.0)
+    result = growth.run(objective, config)
+    assert len(result.rounds) == 2 and objective.retain_passes == 1  # round 0 only, both towers at once
+    assert objective.restarts == (1 if gradient_scale > 1 else 0)
+    (none, _), (moments, fresh) = recorded
+    assert none is None and set(moments) == set(fresh) == {"first.net", "second.net"}
+    for name in fresh:
+        torch.testing.assert_close(moments[name], fresh[name])
 
 
 @pytest.mark.parametrize("kwargs, message", [
