@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -83,6 +83,13 @@ class Objective(ABC):
     @abstractmethod
     def validate(self, params: Params) -> Validation:
         """Progress and drift on the validation split (no gradients)."""
+
+    def validate_forget_first(self, params: Params) -> tuple[float, Callable[[], float]]:
+        """Forget progress, and the retain drift as a function to call if it is needed: the step-size search rules
+        many steps out on forget progress alone. Objectives whose two halves are separate passes override this to
+        compute the drift only when called; this default computes both at once."""
+        v = self.validate(params)
+        return v.forget_progress, lambda: v.retain_drift
 
     def smaller_batches(self) -> bool:
         """Halve the gradient micro-batches after running out of memory (`batching.retry_smaller`); False when they

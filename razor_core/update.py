@@ -90,20 +90,47 @@ class SearchResult:
     probes: int
 
 
+class _Probed:
+    """One probe's validation, whose retain drift is computed only when a decision needs it."""
+
+    def __init__(self, forget_progress: float, retain_drift: Callable[[], float]):
+        self.forget_progress, self._drift, self._value = forget_progress, retain_drift, None
+
+    @property
+    def retain_drift(self) -> float:
+        if self._value is None:
+            with torch.no_grad():
+                self._value = self._drift()
+        return self._value
+
+    def validation(self) -> Validation:
+        return Validation(self.forget_progress, self.retain_drift)
+
+
 class _Prober:
+    """Validates steps along the directions. A step that does not forget more than the best one so far is ruled out
+    whatever its retain drift, so the drift (the retain half of a validation) is computed only for steps that do,
+    or whose progress comes close (`StepSearch.bisect`'s stop rule)."""
+
     def __init__(self, objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
                  drift_tolerance: float):
         self.objective, self.params, self.units, self.dirs = objective, params, units, dirs
         self.tolerance = drift_tolerance
         self.count = 0
 
-    def __call__(self, etas: dict[str, float]) -> Validation:
+    def __call__(self, etas: dict[str, float]) -> _Probed:
         self.count += 1
         with torch.no_grad():
-            return self.objective.validate(add(self.params, step_delta(self.units, self.dirs, self.params, etas)))
+            return _Probed(*self.objective.validate_forget_first(
+                add(self.params, step_delta(self.units, self.dirs, self.params, etas))))
 
-    def better(self, v: Validation, best: Validation | None) -> bool:
-        return v.retain_drift <= self.tolerance and (best is None or v.forget_progress > best.forget_progress)
+    @staticmethod
+    def beats(v: _Probed, best: Validation | None) -> bool:
+        """More forget progress than `best` (the retain drift aside)."""
+        return best is None or v.forget_progress > best.forget_progress
+
+    def better(self, v: _Probed, best: Validation | None) -> bool:
+        return self.beats(v, best) and v.retain_drift <= self.tolerance
 
 
 START_SCALE = 0.016   # first probe of a search without a previous step: mid-range, so it goes up or down
@@ -122,12 +149,13 @@ class StepSearch:
         self.units, self.tolerance, self.baseline = units, drift_tolerance, baseline
         self.d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
         self.theta_norm = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
-        self.best_scale, self.best, self.hi = 0.0, None, 0.0  # hi: the smallest step known to be too large
+        self.best_scale, self.hi = 0.0, 0.0  # hi: the smallest step known to be too large
+        self.best: Validation | None = None
 
     def _etas(self, scale: float) -> dict[str, float]:
         return {u.name: scale * self.theta_norm / self.d_norm for u in self.units}
 
-    def _probe(self, scale: float) -> Validation:
+    def _probe(self, scale: float) -> _Probed:
         return self.probe(self._etas(scale))
 
     @property
@@ -143,11 +171,11 @@ class StepSearch:
         self.hi, scale, stale = max_scale, start, 0
         while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance and helps
             v = self._probe(scale)
-            if v.retain_drift > self.tolerance:
+            if self.probe.better(v, self.best or self.baseline):
+                self.best_scale, self.best, stale = scale, v.validation(), 0
+            elif self.probe.beats(v, self.best or self.baseline):  # it would help, but past the retain tolerance
                 self.hi = scale
                 break
-            if self.probe.better(v, self.best or self.baseline):
-                self.best_scale, self.best, stale = scale, v, 0
             else:
                 stale += 1
                 if stale == patience:  # past the peak: larger steps overshoot the forget target
@@ -158,7 +186,7 @@ class StepSearch:
             while scale >= min_scale:
                 v = self._probe(scale)
                 if self.probe.better(v, self.best or self.baseline):
-                    self.best_scale, self.best = scale, v
+                    self.best_scale, self.best = scale, v.validation()
                 elif self.best is not None:
                     break
                 else:
@@ -176,10 +204,10 @@ class StepSearch:
         for _ in range(bisections):
             mid = 0.5 * (lo + hi)
             v = self._probe(mid)
-            flat = self.best is not None and v.retain_drift <= self.tolerance and abs(
-                v.forget_progress - self.best.forget_progress) < settled
+            flat = self.best is not None and abs(v.forget_progress - self.best.forget_progress) < settled and (
+                v.retain_drift <= self.tolerance)
             if self.probe.better(v, self.best or self.baseline):
-                self.best_scale, self.best, lo = mid, v, mid
+                self.best_scale, self.best, lo = mid, v.validation(), mid
             else:
                 hi = mid
             if flat:
@@ -189,7 +217,7 @@ class StepSearch:
     def result(self) -> SearchResult:
         if self.best is None:  # no step beats the weights it starts from: stay
             stay = {u.name: 0.0 for u in self.units}
-            return SearchResult(stay, 0.0, self.baseline or self.probe(stay), self.probe.count)
+            return SearchResult(stay, 0.0, self.baseline or self.probe(stay).validation(), self.probe.count)
         return SearchResult(self._etas(self.best_scale), self.best_scale, self.best, self.probe.count)
 
 
@@ -218,6 +246,6 @@ def refine_units(objective: Objective, params: Params, units: list[EditUnit], di
             trial = {**etas, unit.name: etas[unit.name] * factor}
             v = probe(trial)
             if probe.better(v, best):
-                etas, best = trial, v
+                etas, best = trial, v.validation()
                 break
     return SearchResult(etas, found.scale, best, found.probes + probe.count)

@@ -141,6 +141,22 @@ def test_step_search_stops_bisecting_where_the_peak_is_flat():
     assert exhaustive.validation.forget_progress == pytest.approx(1.0, abs=0.01)
 
 
+def test_step_search_computes_the_retain_drift_only_for_steps_that_could_win():
+    """A step that forgets no more than the best so far is ruled out on forget progress alone: its retain half is
+    never computed, and the search ends where a search that computes both halves of every probe ends."""
+    eager_objective, unit, dirs = _peak_at_one_percent()
+    eager = update.search_step(eager_objective, eager_objective.theta0, [unit], dirs, drift_tolerance=1e6)
+    objective, drifts = _peak_at_one_percent()[0], []
+
+    def forget_first(params):
+        v = objective.validate(params)
+        return v.forget_progress, lambda: drifts.append(params) or v.retain_drift
+    objective.validate_forget_first = forget_first
+    lazy = update.search_step(objective, objective.theta0, [unit], dirs, drift_tolerance=1e6)
+    assert (lazy.scale, lazy.validation, lazy.probes) == (eager.scale, eager.validation, eager.probes)
+    assert 0 < len(drifts) < lazy.probes
+
+
 class DipThenRise(ToyObjective):
     """Forget progress along `a` peaks at 0.625 for a step of 0.005 from 0.6 where it starts, dips far below, and
     rises again towards 0.5 for steps near 1: a search started at large steps climbs a slope that never beats

@@ -11,7 +11,7 @@ over every label set given (only the ones that were right, where labels are know
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -166,9 +166,15 @@ class ClipObjective(Objective):
         return (self.retain_outputs(params, batch) - self._retain_sims0[batch]).pow(2).mean()
 
     def validate(self, params: Params) -> Validation:
+        progress, drift = self.validate_forget_first(params)
+        return Validation(progress, drift())
+
+    def validate_forget_first(self, params: Params) -> tuple[float, Callable[[], float]]:
         m0 = self._forget_margin0
         m = self._margins(params, self.data.val_forget_images)
         progress = ((m0 - m) / (m0.clamp(min=0) + MARGIN_DELTA)).clamp(0, 1).mean()
-        changed = self._predictions(params, self.data.val_retain_images) != self._retain_preds0
-        drift = (changed & self._watched).float().sum() / max(1, int(self._watched.sum()))
-        return Validation(float(progress), float(drift))
+
+        def drift() -> float:
+            changed = self._predictions(params, self.data.val_retain_images) != self._retain_preds0
+            return float((changed & self._watched).float().sum() / max(1, int(self._watched.sum())))
+        return float(progress), drift

@@ -14,7 +14,7 @@ Validation uses other images, noise and timesteps than the gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -207,11 +207,17 @@ class DiffusionObjective(Objective):
             self._predict(params, self.retain.x, self.retain.t, self.retain.prompt, "validation_batch")
 
     def validate(self, params: Params) -> Validation:
+        progress, drift = self.validate_forget_first(params)
+        return Validation(progress, drift())
+
+    def validate_forget_first(self, params: Params) -> tuple[float, Callable[[], float]]:
         f = self._predict(params, self.forget_val.x, self.forget_val.t, self.forget_val.prompt, "validation_batch")
-        r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt, "validation_batch")
         progress = 1.0 - float((f - self.forget_val.target).pow(2).mean()) / self.gap_val
-        drift = float((r - self.retain_val.frozen).pow(2).mean()) / self.gap_val
-        return Validation(progress, drift)
+
+        def drift() -> float:
+            r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt, "validation_batch")
+            return float((r - self.retain_val.frozen).pow(2).mean()) / self.gap_val
+        return progress, drift
 
 
 def _take(split: _Split, idx: torch.Tensor) -> _Split:
