@@ -10,7 +10,8 @@ times as `seconds`), and reports the cumulative seconds of each phase:
   round's edit set;
 - preconditioner: round 0's pass over the retain data that records the inputs of the layers its proposals edit
   (growth rounds record theirs during the mismatch gradient's pass, counted under gradients);
-- probes: the validation forward passes of the step-size searches (their count too);
+- probes: the validation forward passes of the step-size searches (their count too; the retain half of a probe is
+  computed only when the search needs it);
 - other: scores, directions, bookkeeping.
 Profiling adds a little overhead, so the total is slightly above an unprofiled run.
 """
@@ -41,7 +42,7 @@ PHASES = {
     "objective": ("objectives/diffusion.py", ("__init__",)),
     "gradients": ("razor_core/gradients.py", ("compute_gradients", "mismatch_gradients")),
     "preconditioner": ("razor_core/preconditioner.py", ("retain_input_moments",)),
-    "probes": ("razor_core/update.py", ("__call__",)),
+    "probes": ("razor_core/update.py", ("__call__", "retain_drift")),
 }
 
 
@@ -70,7 +71,7 @@ def profile_one(target: str) -> dict:
     seconds["frozen_predictions"] = round(seconds.pop("objective") - seconds["self_generation"], 2)
     seconds["other"] = round(total - sum(seconds.values()), 2)
     return {"target": target, "total_seconds": round(total, 2), "phase_seconds": seconds,
-            "probes": phases["probes"][1], "rounds": len(result.rounds), "units": len(result.units),
+            "probes": _cumulative(stats, "razor_core/update.py", ("__call__",))[1], "rounds": len(result.rounds), "units": len(result.units),
             "backward_passes": result.backward_passes, "forget_progress": result.rounds[-1].forget_progress,
             "peak_rss_mb": unlearn.peak_rss_mb()}
 
