@@ -14,11 +14,12 @@ The shared search starts at s = 0.016 (growth rounds: at half the previous round
 retain drift stays within tolerance and forget progress still improves. Progress peaks and then falls as the step
 overshoots, so doubling stops two probes past the peak; when the peak or the tolerance lies below the start, it
 halves instead. It then bisects next to the step with the best forget progress until a probe comes within 0.005 of
-it (round 0 bisects only the tower proposal that forgets most on the doubling/halving grid). A step must beat the forget progress the weights already have (a growth round's start can lie far past its
-peak, where doubling climbs a slope that never gets back to it). Measured on MiniCanvas: doubling on to the drift
-limit spent a third of all probes past the peak; doubling from s = 0.002 in every round spent four or five probes
-per search on steps far below it; and four fixed bisections moved the step but rarely the progress (by 0.001 on
-most searches).
+it (round 0 bisects only the tower proposal that forgets most on the doubling/halving grid). A step must beat the
+forget progress the weights already have (a growth round's start can lie far past its peak, where doubling climbs a
+slope that never gets back to it). Measured on MiniCanvas: doubling on to the drift limit spent a third of all probes
+past the peak; doubling from s = 0.002 in every round spent four or five probes per search on steps far below it;
+and four fixed bisections moved the step but rarely the progress (by 0.001 on most searches). A probe computes the
+retain drift only when its forget progress could make it the best step (about half of them on MiniCanvas).
 """
 from __future__ import annotations
 
