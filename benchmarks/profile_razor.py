@@ -70,8 +70,9 @@ def profile_one(target: str) -> dict:
     seconds = {phase: round(s, 2) for phase, (s, _) in phases.items()}
     seconds["frozen_predictions"] = round(seconds.pop("objective") - seconds["self_generation"], 2)
     seconds["other"] = round(total - sum(seconds.values()), 2)
+    probes = _cumulative(stats, "razor_core/update.py", ("__call__",))[1]  # not the on-demand retain halves
     return {"target": target, "total_seconds": round(total, 2), "phase_seconds": seconds,
-            "probes": _cumulative(stats, "razor_core/update.py", ("__call__",))[1], "rounds": len(result.rounds), "units": len(result.units),
+            "probes": probes, "rounds": len(result.rounds), "units": len(result.units),
             "backward_passes": result.backward_passes, "forget_progress": result.rounds[-1].forget_progress,
             "peak_rss_mb": unlearn.peak_rss_mb()}
 

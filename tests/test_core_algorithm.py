@@ -319,11 +319,10 @@ class LinearObjective(Objective):
         self.gradient_scale, self.restarts, self.retain_passes = gradient_scale, 0, 0
 
     def outputs(self, params, x):
-        return torch.func.functional_call(self.root.second.net, {k.split(".", 2)[2]: v for k, v in params.items()
-                                                                  if k.startswith("second.")},
-                                          (torch.func.functional_call(self.root.first.net, {
-                                              k.split(".", 2)[2]: v for k, v in params.items()
-                                              if k.startswith("first.")}, (x,)),))
+        def layer(name, x):
+            own = {k.removeprefix(f"{name}.net."): v for k, v in params.items() if k.startswith(f"{name}.")}
+            return torch.func.functional_call(self.root[name].net, own, (x,))
+        return layer("second", layer("first", x))
 
     def units(self):
         return linear_units(self.root, ["first.net", "second.net"])
