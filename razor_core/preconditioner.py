@@ -68,7 +68,8 @@ class InputMoments:
         return {n: self.sums[n] / self.counts[n] for n in self.names}
 
 
-def retain_input_moments(root: nn.Module, units: list[EditUnit], run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
+def retain_input_moments(root: nn.Module, units: list[EditUnit],
+                         run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
     """Σ of the inputs of every linear layer the units touch, recorded while `run_retain` runs the model on retain
     data."""
     with InputMoments(root, units) as recorder, torch.no_grad():
