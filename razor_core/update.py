@@ -147,7 +147,7 @@ class StepSearch:
     def __init__(self, objective: Objective, params: Params, units: list[EditUnit], dirs: dict[str, torch.Tensor],
                  drift_tolerance: float, baseline: Validation | None = None):
         self.probe = _Prober(objective, params, units, dirs, drift_tolerance)
-        self.units, self.tolerance, self.baseline = units, drift_tolerance, baseline
+        self.units, self.baseline = units, baseline
         self.d_norm = float(torch.cat([dirs[u.name] for u in units]).norm())
         self.theta_norm = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
         self.best_scale, self.hi = 0.0, 0.0  # hi: the smallest step known to be too large
@@ -158,6 +158,11 @@ class StepSearch:
 
     def _probe(self, scale: float) -> _Probed:
         return self.probe(self._etas(scale))
+
+    @property
+    def _reference(self) -> Validation | None:
+        """What a probe must beat: the best step so far, else the weights the search starts from."""
+        return self.best or self.baseline
 
     @property
     def forget_progress(self) -> float:
@@ -172,9 +177,9 @@ class StepSearch:
         self.hi, scale, stale = max_scale, start, 0
         while scale <= max_scale:  # grow geometrically while the step stays within the retain tolerance and helps
             v = self._probe(scale)
-            if self.probe.better(v, self.best or self.baseline):
+            if self.probe.better(v, self._reference):
                 self.best_scale, self.best, stale = scale, v.validation(), 0
-            elif self.probe.beats(v, self.best or self.baseline):  # it would help, but past the retain tolerance
+            elif self.probe.beats(v, self._reference):  # it would help, but past the retain tolerance
                 self.hi = scale
                 break
             else:
@@ -186,7 +191,7 @@ class StepSearch:
             scale = start / 2.0
             while scale >= min_scale:
                 v = self._probe(scale)
-                if self.probe.better(v, self.best or self.baseline):
+                if self.probe.better(v, self._reference):
                     self.best_scale, self.best = scale, v.validation()
                 elif self.best is not None:
                     break
@@ -206,8 +211,8 @@ class StepSearch:
             mid = 0.5 * (lo + hi)
             v = self._probe(mid)
             flat = self.best is not None and abs(v.forget_progress - self.best.forget_progress) < settled and (
-                v.retain_drift <= self.tolerance)
-            if self.probe.better(v, self.best or self.baseline):
+                v.retain_drift <= self.probe.tolerance)
+            if self.probe.better(v, self._reference):
                 self.best_scale, self.best, lo = mid, v.validation(), mid
             else:
                 hi = mid
