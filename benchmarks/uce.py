@@ -7,7 +7,9 @@ retain vectors c_p keep their outputs:
     W' = argmin Σ_e ‖W'c_e − W c*_e‖² + λ Σ_p ‖W'c_p − W c_p‖² + γ ‖W' − W‖²_F
        = (Σ_e W c*_e c_eᵀ + λ Σ_p W c_p c_pᵀ + γ W) (Σ_e c_e c_eᵀ + λ Σ_p c_p c_pᵀ + γ I)⁻¹.
 
-There is no training. The cost is one text-encoder pass and one 128×128 solve per projection (12 on MiniDiT).
+There is no training. The cost is one text-encoder pass and one 128×128 solve per projection (12 on MiniDiT). The
+closed form and the token alignment are RAZOR's own key/value map (`razor_core/kv_map.py`), which RAZOR uses as its
+step for the same projections; UCE is that map applied once, to every projection, at full strength.
 
 Choices where the paper is silent, or where it had to be adapted to MiniCanvas:
 - **Biases stay unchanged.** SD's `to_k`/`to_v` have no bias, but MiniDiT's do. With the bias b kept, the
@@ -38,69 +40,27 @@ Choices where the paper is silent, or where it had to be adapted to MiniCanvas:
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from razor_core.forget_set import ForgetSet
+from razor_core.kv_map import REGULARIZATION, RETAIN_SCALE, closed_form, text_vectors
 from razor_core.minicanvas import text
 from razor_core.minicanvas.pipeline import MiniCanvasPipeline
 
-RETAIN_SCALE = 1.0  # λ: UCE's preserve_scale
-REGULARIZATION = 0.5  # γ: UCE's lamb, the ridge toward the original weight
 EDITED_PROJECTIONS = ("to_k", "to_v")
-
-
-def uce_closed_form(weight: torch.Tensor, concept_inputs: torch.Tensor, guide_inputs: torch.Tensor,
-                    retain_inputs: torch.Tensor, retain_scale: float = RETAIN_SCALE,
-                    regularization: float = REGULARIZATION) -> torch.Tensor:
-    """The UCE minimiser W' for one projection `weight` (out, in), with vectors as rows: concept c_e and guide c*_e
-    (n_e, in), aligned row by row, and retain c_p (n_p, in). The solve runs in float64 because the normal matrix
-    sums hundreds of outer products."""
-    w = weight.to(torch.float64)
-    c, g, p = (m.to(torch.float64) for m in (concept_inputs, guide_inputs, retain_inputs))
-    ridge = regularization * torch.eye(w.shape[1], dtype=torch.float64)
-    retain_gram = retain_scale * p.T @ p
-    normal = c.T @ c + retain_gram + ridge              # Σ c_e c_eᵀ + λ Σ c_p c_pᵀ + γI (symmetric)
-    moments = w @ (g.T @ c + retain_gram + ridge)       # Σ W c*_e c_eᵀ + λ Σ W c_p c_pᵀ + γW
-    return torch.linalg.solve(normal, moments.T).T.to(weight.dtype)  # moments · normal⁻¹
-
-
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids from BOS to EOS, without padding, truncated as `text.tokenize` truncates."""
-    return tokenizer(prompt, truncation=True, max_length=text.CONTEXT_LENGTH).input_ids
-
-
-def concept_start(tokenizer, prompt: str, concept: str) -> int:
-    """Position of the concept's first token in the prompt's context. UCE edits from there on."""
-    ids, word = _prompt_ids(tokenizer, prompt), tokenizer(concept, add_special_tokens=False).input_ids
-    for start in range(1, len(ids) - len(word)):
-        if ids[start:start + len(word)] == word:
-            return start
-    raise ValueError(f"forget prompt {prompt!r} does not contain the concept {concept!r} as whole tokens within "
-                     f"its first {text.CONTEXT_LENGTH} tokens; UCE edits the concept's token positions, so every "
-                     "forget prompt must name the concept")
-
-
-def guide_positions(start: int, prompt_eos: int, anchor_eos: int, length: int) -> list[int]:
-    """The anchor position that is the guide for each forget-prompt position start..length-1. Positions up to the
-    EOS map to the anchor's EOS. Padding aligns from the EOS, clamped to the context."""
-    return [min(anchor_eos + max(0, j - prompt_eos), length - 1) for j in range(start, length)]
 
 
 def uce_token_vectors(pipe: MiniCanvasPipeline,
                       forget_set: ForgetSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(concept c_e, guide c*_e, retain c_p) text vectors as rows, chosen as the module docstring says."""
-    forget = pipe.encode(list(forget_set.forget_prompts))
-    anchor = pipe.encode(list(forget_set.anchor_prompts))
-    retain = pipe.encode(list(forget_set.retain_prompts))
-    length = forget.shape[1]
-    concept_rows, guide_rows = [], []
-    for i, (prompt, anchor_prompt) in enumerate(zip(forget_set.forget_prompts, forget_set.anchor_prompts)):
-        start = concept_start(pipe.tokenizer, prompt, forget_set.concept)
-        prompt_eos = len(_prompt_ids(pipe.tokenizer, prompt)) - 1
-        anchor_eos = len(_prompt_ids(pipe.tokenizer, anchor_prompt)) - 1
-        concept_rows.append(forget[i, start:])
-        guide_rows.append(anchor[i, guide_positions(start, prompt_eos, anchor_eos, length)])
-    return torch.cat(concept_rows), torch.cat(guide_rows), retain.reshape(-1, retain.shape[-1])
+    """(concept c_e, guide c*_e, retain c_p) text vectors as rows, chosen as the module docstring says (the same
+    alignment RAZOR's key/value map uses, `razor_core.kv_map`)."""
+    vectors = text_vectors(pipe.encode(list(forget_set.forget_prompts)), pipe.encode(list(forget_set.anchor_prompts)),
+                           pipe.encode(list(forget_set.retain_prompts)), list(forget_set.forget_prompts),
+                           list(forget_set.anchor_prompts), forget_set.concept,
+                           partial(text.token_positions, pipe.tokenizer))
+    return vectors.concept, vectors.guide, vectors.retain
 
 
 @torch.no_grad()
@@ -113,6 +73,6 @@ def uce_edit(pipe: MiniCanvasPipeline, forget_set: ForgetSet, retain_scale: floa
     for name, module in pipe.denoiser.named_modules():
         parent, _, leaf = name.rpartition(".")
         if parent.endswith("attn2") and leaf in EDITED_PROJECTIONS:
-            edited = uce_closed_form(module.weight, concept, guide, retain, retain_scale, regularization)
+            edited = closed_form(module.weight, concept, guide, retain, retain_scale, regularization)
             deltas[f"{name}.weight"] = edited - module.weight
     return deltas

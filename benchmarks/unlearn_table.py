@@ -1,6 +1,7 @@
 """Every MiniCanvas target, one unlearning run each, per method: prints a table and writes JSON.
 
-    .venv/bin/python -m benchmarks.unlearn_table --family diffusion --methods razor,slug --json out/table.json
+    .venv/bin/python -m benchmarks.unlearn_table --family diffusion --methods razor,slug [--blocks denoiser] \
+        --json out/table.json
     .venv/bin/python -m benchmarks.unlearn_table --family clip --methods razor,slug --json out/clip_table.json
 
 Each run is a fresh process-state unlearn of one concept from the bundled model (the model is reloaded every time),
@@ -19,15 +20,18 @@ from razor_core.minicanvas import unlearn
 from razor_core.minicanvas.store import atomic_write_bytes
 
 DIFFUSION_CELLS = ("ua", "ira", "cra")
+MODEL_ONLY_CELLS = ("ua_model_only", "ira_model_only", "cra_model_only")
 CLIP_CELLS = ("forget_acc", "forget_acc_before", "retain_acc", "retain_acc_before", "cross_acc", "cross_acc_before")
 
 
-def run(family: str, methods: list[str], targets: list[str]) -> dict:
+def run(family: str, methods: list[str], targets: list[str], blocks: str = "denoiser") -> dict:
     results: dict = {"family": family, "runs": {m: [] for m in methods}}
-    fn = unlearn.unlearn_diffusion if family == "diffusion" else unlearn.unlearn_clip
+    if family == "diffusion":
+        results["blocks"] = blocks
     for target in targets:
         for method in methods:
-            r = fn(target, method=method)
+            r = (unlearn.unlearn_diffusion(target, method=method, blocks=blocks) if family == "diffusion"
+                 else unlearn.unlearn_clip(target, method=method))
             r.pop("round_log", None)
             results["runs"][method].append(r)
             print(f"{method:5s} {target:16s} " + " ".join(
@@ -45,7 +49,7 @@ def summarize(results: dict) -> dict:
             sel = [r for r in runs if r["target"].startswith(domain)]
             if not sel:
                 continue
-            keys = DIFFUSION_CELLS if results["family"] == "diffusion" else CLIP_CELLS
+            keys = DIFFUSION_CELLS + MODEL_ONLY_CELLS if results["family"] == "diffusion" else CLIP_CELLS
             for k in keys:
                 row[f"{domain}_{k}"] = statistics.mean(r[k] for r in sel)
         if results["family"] == "diffusion":
@@ -80,10 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=("diffusion", "clip"), default="diffusion")
     parser.add_argument("--methods", default="razor,slug")
     parser.add_argument("--targets", default="all", help="comma-separated targets, or 'all'")
+    parser.add_argument("--blocks", choices=("denoiser", "text_encoder", "all"), default="denoiser",
+                        help="diffusion: the towers whose units are candidates")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     targets = unlearn.list_targets() if args.targets == "all" else args.targets.split(",")
-    results = run(args.family, args.methods.split(","), targets)
+    results = run(args.family, args.methods.split(","), targets, args.blocks)
     atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
     print(markdown(results))
 

@@ -105,17 +105,20 @@ class RazorScoreHeads(io.ComfyNode):
                          "its own forget/retain images with the sampler settings below."),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion MODEL to unlearn from (left untouched)."),
-                io.Clip.Input("clip", tooltip="Its CLIP: encodes the prompts, and is scored too unless blocks "
-                                              "is 'denoiser'."),
+                io.Clip.Input("clip", tooltip="Its CLIP: encodes the prompts (and is scored too when blocks is "
+                                              "'text_encoder' or 'all')."),
                 FORGET_SET.Input("forget_set", tooltip="From Load Forget Set."),
                 io.Latent.Input("latent", tooltip=(
                     "An empty latent of the size the model draws (EmptyLatentImage 512x512 for SD1.5, "
                     "EmptyChromaRadianceLatentImage 32x32 for MiniCanvas): the self-generated images' size.")),
                 io.Combo.Input("granularity", options=list(GRANULARITIES), default="heads", tooltip=(
-                    "heads: one unit per attention head (plus MLP linears); layers: one per attention module or "
-                    "MLP linear.")),
-                io.Combo.Input("blocks", options=list(DIFFUSION_BLOCKS), default="all", tooltip=(
-                    "Which towers may be edited: the denoiser, the text encoder, or both.")),
+                    "heads: one unit per attention head (cross-attention: its key/value rows) plus MLP linears; "
+                    "layers: one per attention module (cross-attention: its keys and values) or MLP linear.")),
+                io.Combo.Input("blocks", options=list(DIFFUSION_BLOCKS), default="denoiser", tooltip=(
+                    "Which towers may be edited. denoiser (default): the edit lives in the MODEL, so it holds with "
+                    "any CLIP or conditioning path and loads with LoraLoaderModelOnly; its cross-attention "
+                    "keys/values step in closed form. text_encoder / all: the CLIP too (a CLIP edit is lost when "
+                    "the MODEL is used with another text encoder).")),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip=(
                     "Seed of the self-generated images and of the noise the losses use (same seed, same scores).")),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampler steps for self-generated images."),
@@ -178,9 +181,10 @@ class RazorGrowEditSet(io.ComfyNode):
                 io.Combo.Input("method", options=["razor", "slug"], default="razor", tooltip=(
                     "razor: growing set, regularised steps. slug: the SLUG baseline.")),
                 io.Int.Input("max_initial_units", default=3, min=1, max=MAX_INITIAL_UNITS, tooltip=(
-                    "At most this many units in the first round (those scoring at least half the best).")),
+                    "At most this many units in the first round (those scoring at least half the best). "
+                    "Cross-attention keys/values, stepped in closed form, start all together.")),
                 io.Int.Input("max_rounds", default=6, min=1, max=32, tooltip=(
-                    "Round budget: each round adds one unit and takes one step.")),
+                    "Round budget: each round adds the eight best-scoring units and takes one step.")),
                 io.Float.Input("forget_target", default=0.8, min=0.05, max=1.0, step=0.01, tooltip=(
                     "Stop once forget progress reaches this (0: untouched, ~0.75: the concept prompt draws like "
                     "the anchor, 1: fully past it).")),
@@ -234,7 +238,7 @@ def growth_report(result: growth.GrowthResult, concept: str) -> str:
              f"(tolerance {result.config.drift_tolerance})",
              "edited units: " + ", ".join(u.name for u in result.units)]
     for r in result.rounds:
-        lines.append(f"round {r.round + 1}: " + (f"+{r.added}, " if r.added else "")
+        lines.append(f"round {r.round + 1}: " + ("+" + ", ".join(r.added) + ", " if r.added else "")
                      + f"forget {r.forget_progress:.3f}, drift {r.retain_drift:.4f}, step {r.scale:.4g}")
     lines.append("settings: " + json.dumps({"alpha": result.config.alpha, "threshold": result.config.threshold,
                                             "damping": result.config.damping}))

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .gradients import Gradients, compute_gradients, mismatch_gradients
+from .kv_map import is_key_value, natural_scale
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import InputMoments, precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
@@ -35,21 +36,28 @@ class RazorConfig:
     method: str = "razor"             # "razor" or "slug"
     alpha: float = 1.0                # exponent of the alignment term in φ
     threshold: float = 0.5            # τ, relative to the best score, for the initial set
-    max_initial_units: int = 3
+    max_initial_units: int = 3        # gradient-stepped proposals (closed-form key/value ones take every such unit)
     max_rounds: int = 6
+    units_per_round: int = 8          # how many of the best unedited units a growth round adds (on MiniDiT's
+                                      # denoiser one unit moves forget progress by less than the stall rule)
     forget_target: float = 0.8        # forget progress (validation) that ends the growth (0.75 ≈ draws like the anchor)
     drift_tolerance: float = 0.05     # retain drift allowed by the step-size search
     retain_sketch: int = 0            # random retain-output projections to keep steps orthogonal to (0: off)
     precondition: bool = True         # shape steps by the edited layers' retain inputs (see preconditioner.py)
     damping: float = 0.001            # ridge of that preconditioner, relative to the mean input energy (small, so
                                       # steps stay on inputs retain data never uses; 0.1 let them reach retain ones)
+    kv_step: str = "closed_form"      # key/value units: "closed_form" steps towards the map of the concept's keys and
+                                      # values onto the anchor's (kv_map.py; a tower with key/value units then
+                                      # proposes and grows only those), "gradient" steps them like any other unit
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
         if self.method not in ("razor", "slug"):
             raise ValueError(f"method must be 'razor' or 'slug', got {self.method!r}")
-        if self.max_rounds < 1 or self.max_initial_units < 1:
-            raise ValueError("max_rounds and max_initial_units must be at least 1 (they are budgets)")
+        if self.kv_step not in ("closed_form", "gradient"):
+            raise ValueError(f"kv_step must be 'closed_form' or 'gradient', got {self.kv_step!r}")
+        if self.max_rounds < 1 or self.max_initial_units < 1 or self.units_per_round < 1:
+            raise ValueError("max_rounds, max_initial_units and units_per_round must be at least 1 (they are budgets)")
         if not 0.0 < self.forget_target <= 1.0:  # written so that NaN fails too
             raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
         for name, rule in (("alpha", ">= 0"), ("threshold", ">= 0"), ("damping", "> 0"), ("drift_tolerance", "> 0")):
@@ -62,7 +70,8 @@ class RazorConfig:
 class RoundRecord:
     round: int
     units: list[str]
-    added: str | None
+    added: list[str]           # the units this round added (none in round 0)
+    step: str                  # "closed_form" (key/value units moved towards their map) or "gradient"
     scale: float
     etas: dict[str, float]
     forget_progress: float
@@ -92,16 +101,36 @@ def tower(unit: EditUnit) -> str:
     return unit.name.split(".", 1)[0]
 
 
+def closed_form_steps(config: RazorConfig) -> bool:
+    """Whether key/value units step towards their closed-form map (RAZOR only; SLUG takes gradient steps)."""
+    return config.method == "razor" and config.kv_step == "closed_form"
+
+
+def grows_with(edit_set: list[EditUnit], unit: EditUnit, closed_phase: bool) -> bool:
+    """Whether `unit` may join `edit_set`: while key/value units take closed-form steps, a set grows within its step
+    kind (a closed-form direction has its own scale, a gradient's has none, so one shared step size cannot serve
+    both); in gradient rounds any unit may."""
+    return not closed_phase or is_key_value(unit) == all(is_key_value(u) for u in edit_set)
+
+
 def initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[list[EditUnit]]:
     """One candidate initial set per tower. Gradient/weight ratios are not comparable across towers (SLUG ranks each
     tower on its own too), so each tower's best units are chosen against that tower's best score, and round 0 keeps
-    the candidate whose step forgets most within the retain tolerance."""
+    the candidate whose step forgets most within the retain tolerance. With closed-form key/value steps, a tower
+    that has key/value units (a denoiser with cross-attention) proposes every one of them that carries the concept
+    (φ > 0), best first: the map is solved per layer at once, whatever the number of units, and every prompt reaches
+    the denoiser through all of them (a few heads at a time stall: on MiniCanvas four heads moved neon's forget
+    progress by 0.05)."""
     by_name = {u.name: u for u in units}
     sets = []
     for name in dict.fromkeys(tower(u) for u in units):
         own = [s for s in scores if tower(by_name[s.unit]) == name]
+        key_values = [s for s in own if is_key_value(by_name[s.unit]) and s.score > 0]
+        if closed_form_steps(config) and key_values:
+            sets.append([by_name[s.unit] for s in sorted(key_values, key=lambda s: s.score, reverse=True)])
+            continue
         if config.method == "slug":
-            layers = [s for s in own if by_name[s.unit].kind != "head"]
+            layers = [s for s in own if by_name[s.unit].kind not in ("head", "kv_head")]
             front = pareto_front(layers or own)
             sets.append([by_name[max(front, key=lambda s: s.importance).unit]])
             continue
@@ -125,10 +154,13 @@ def _input_recorder(objective: Objective, units: list[EditUnit], config: RazorCo
 
 
 def preconditioner_for(objective: Objective, units: list[EditUnit], params: Params, config: RazorConfig,
-                       moments: dict[str, torch.Tensor] | None = None):
+                       moments: dict[str, torch.Tensor] | None = None, closed_phase: bool = False):
     """The retain-aware shaping of the directions of `units` at `params`, from `moments` recorded there or, without
-    them, from a retain pass of its own (None without shaping)."""
-    if not _preconditions(objective, config):
+    them, from a retain pass of its own (None without shaping). In a closed-form round, key/value units take their
+    direction as it is."""
+    if closed_phase:
+        units = [u for u in units if not is_key_value(u)]
+    if not _preconditions(objective, config) or not units:
         return None
     if moments is None:
         moments = retain_input_moments(objective.module_root(), units, lambda: objective.run_retain(params))
@@ -188,13 +220,20 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     report = progress or (lambda *_: None)
     sketch = config.retain_sketch if config.method == "razor" else 0
     candidates = initial_sets(units, scoring.scores, config)
+    key_value_map = objective.key_value_map() if closed_form_steps(config) and any(
+        is_key_value(u) for u in units) else None
+    # Closed-form rounds come first; once the map is spent (a round that moves forget progress by less than STALL),
+    # gradient rounds step the whole set and may add any unit: the map can only make the concept draw like the
+    # anchor, while the forget objective's target lies past it.
+    closed_phase = key_value_map is not None
+    switched = False
     if any(p not in scoring.gradients.forget for s in candidates for u in s for p in u.params):
         scoring = score(objective, config)  # kept (`for_round_zero`) for other settings than these
     grads, scores, before = scoring.gradients, scoring.scores, scoring.before
     backward = grads.backward_passes
     delta: Params = {}
     records: list[RoundRecord] = []
-    added: str | None = None
+    added: list[str] = []
     reached = before
     moments = None
     for r in range(rounds_budget):
@@ -203,32 +242,42 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         current = add(theta0, delta)
         # Growth rounds start their search at half the previous step (steps mostly shrink as the set grows, about
         # halving per round on MiniCanvas; the search goes down as well as up) and must beat what it reached.
-        search_from = records[-1].scale / 2.0 if records and records[-1].scale > 0 else START_SCALE
+        search_from = records[-1].scale / 2.0 if records and records[-1].scale > 0 and not switched else START_SCALE
         # One retain pass for every candidate's layers (round 0: one per tower); growth rounds recorded theirs
         # during the mismatch gradient's pass.
-        shape = preconditioner_for(objective, [u for c in candidates for u in c], current, config, moments)
+        shape = preconditioner_for(objective, [u for c in candidates for u in c], current, config, moments,
+                                   closed_phase)
+        closed = None if not closed_phase else (
+            lambda u, at=current: key_value_map.direction(u, at) if is_key_value(u) else None)
         tried = []
         for edit_set in candidates:
-            dirs = directions(edit_set, grads, weights, shape)
+            dirs = directions(edit_set, grads, weights, shape, closed)
+            # A closed-form set's search starts at η = 1, the map itself (its scale is the direction's own).
+            start_at = natural_scale(edit_set, dirs, current) if closed and all(
+                is_key_value(u) for u in edit_set) else search_from
             search = StepSearch(objective, current, edit_set, dirs, config.drift_tolerance, reached)
-            tried.append((edit_set, dirs, search.bracket(start=search_from)))
+            tried.append((edit_set, dirs, search.bracket(start=start_at)))
         # Only the proposal that forgets most on the bracket's grid is refined: bisection, then per-unit steps
         # (every unit in round 0, later only the unit just added).
         edit_set, dirs, search = max(tried, key=lambda t: (t[2].forget_progress, -len(t[0])))
         found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, search.bisect().result(),
-                             [added] if added else [u.name for u in edit_set])
+                             added or [u.name for u in edit_set])
         reached = found.validation  # what the next round's step must improve on
         step = step_delta(edit_set, dirs, current, found.etas)
         for name, t in step.items():
             delta[name] = delta[name] + t if name in delta else t
-        records.append(RoundRecord(r, [u.name for u in edit_set], added, found.scale, found.etas,
+        records.append(RoundRecord(r, [u.name for u in edit_set], added, "closed_form" if closed else "gradient",
+                                   found.scale, found.etas,
                                    found.validation.forget_progress, found.validation.retain_drift,
                                    found.probes + sum(t[2].probe.count for t in tried if t[1] is not dirs),
                                    time.time() - start))
         if found.validation.forget_progress >= config.forget_target or r + 1 == rounds_budget:
             break
+        switched = False
         if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
-            break  # the last unit added could not move forgetting any further within the retain tolerance
+            if not closed_phase:
+                break  # the last units added could not move forgetting any further within the retain tolerance
+            closed_phase, switched = False, True
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
         # these same gradients, with the mismatch gradient of the units it moves.
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
@@ -237,20 +286,26 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         backward += grads.backward_passes
         rescored = score_units(units, edited, grads.forget, grads.retain, config.alpha)
         in_set = {u.name for u in edit_set}
-        candidates = [s for s in rescored if s.unit not in in_set]
+        by_name = {u.name: u for u in units}
+        candidates = [s for s in rescored
+                      if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed_phase)]
+        if not candidates and closed_phase:  # every key/value unit is in: gradient rounds may add the others
+            closed_phase, switched = False, True
+            candidates = [s for s in rescored if s.unit not in in_set]
         if not candidates:
             break
-        best = max(candidates, key=lambda s: s.score)
-        candidates = [edit_set + [next(u for u in units if u.name == best.unit)]]
-        added = best.unit
+        best = sorted(candidates, key=lambda s: s.score, reverse=True)[:config.units_per_round]
+        candidates = [edit_set + [by_name[s.unit] for s in best]]
+        added = [s.unit for s in best]
         moments = None
         # The mismatch gradient's pass over the retain data also records the next step's input moments (saving a
         # forward pass per round; text layers then count each prompt once per micro-batch it is in, not once: a
         # weighting by retain samples, as the denoiser's layers have).
-        if weights.lambda_mismatch:
-            recorder = _input_recorder(objective, candidates[0], config)
+        stepped_by_gradient = [u for u in candidates[0] if not closed_phase or not is_key_value(u)]
+        if weights.lambda_mismatch and stepped_by_gradient:
+            recorder = _input_recorder(objective, stepped_by_gradient, config)
             with recorder or nullcontext():
-                grads.mismatch, passes = mismatch_gradients(objective, edited, candidates[0],
+                grads.mismatch, passes = mismatch_gradients(objective, edited, stepped_by_gradient,
                                                             restart=recorder.restart if recorder else lambda: None)
             backward += passes
             if recorder is not None and not recorder.missing():

@@ -101,6 +101,11 @@ class Objective(ABC):
         record the inputs of the edited layers; None leaves steps unpreconditioned."""
         return None
 
+    def key_value_map(self) -> Any:
+        """The closed-form key/value map (`kv_map.KeyValueMap`) for the objective's key/value units; objectives
+        without cross-attention keys/values have none."""
+        raise NotImplementedError(f"{type(self).__name__} has no key/value units")
+
     def run_retain(self, params: Params) -> None:
         """One forward pass over the retain data that reaches every candidate layer (for input statistics)."""
         for batch in self.batches("retain"):

@@ -4,13 +4,16 @@ A unit is a set of parameter slices that are scored and stepped together:
 - a *head* of an attention module: rows h*d_h:(h+1)*d_h of the q, k and v weights and biases, and the same columns
   of the output projection (its bias is shared by all heads, so no head owns it); for a fused qkv weight, the
   three row blocks;
-- a *layer*: one attention module's projections, or one MLP linear (weight and bias).
+- a *layer*: one attention module's projections, or one MLP linear (weight and bias);
+- a *key/value* unit of a cross-attention module (where the text enters the denoiser): one head's rows of the key
+  and value projections (kind "kv_head"), or the whole key and value projections (kind "kv"). Their query and output
+  projections act on image tokens for every prompt alike, so they are not the text's path and not candidates.
 Editing a head changes only its slices, so every other head stays bit-identical.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -31,7 +34,7 @@ class Slice:
 @dataclass(frozen=True)
 class EditUnit:
     name: str                  # e.g. "denoiser.blocks.3.attn2.head1"
-    kind: str                  # "head", "attention" or "mlp"
+    kind: str                  # "head", "attention", "mlp", "kv_head" or "kv"
     slices: tuple[Slice, ...]
 
     @property
@@ -77,14 +80,24 @@ def _out_linear(attn: nn.Module, spec: AttentionSpec) -> tuple[nn.Module, str]:
     return out, spec.out
 
 
-def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "",
-                    heads: bool = True) -> list[EditUnit]:
-    """One unit per head (heads=True) or per attention module (heads=False) for every module matching `spec`."""
-    units = []
+def _attention_modules(model: nn.Module, spec: AttentionSpec) -> list[tuple[str, nn.Module]]:
+    found = []
     for mod_name, attn in model.named_modules():
         if not all(hasattr(attn, a) for a in (spec.q, spec.out, spec.heads_attr)):
             continue
         if not spec.fused_qkv and not all(hasattr(attn, a) for a in (spec.k, spec.v)):
+            continue
+        found.append((mod_name, attn))
+    return found
+
+
+def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "", heads: bool = True,
+                    skip: Callable[[str], bool] = lambda _name: False) -> list[EditUnit]:
+    """One unit per head (heads=True) or per attention module (heads=False) for every module matching `spec`
+    whose name `skip` does not reject."""
+    units = []
+    for mod_name, attn in _attention_modules(model, spec):
+        if skip(mod_name):
             continue
         base = f"{prefix}{mod_name}".rstrip(".")
         n_heads = int(getattr(attn, spec.heads_attr))
@@ -108,6 +121,29 @@ def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "",
                     slices += _linear_slices(getattr(attn, name), _join(base, name), 0, h * d_h, d_h, True)
             slices += _linear_slices(out_mod, _join(base, out_name), 1, h * d_h, d_h, False)
             units.append(EditUnit(_join(base, f"head{h}"), "head", tuple(slices)))
+    return units
+
+
+def key_value_units(model: nn.Module, spec: AttentionSpec, prefix: str, heads: bool,
+                    is_cross_attention: Callable[[str], bool]) -> list[EditUnit]:
+    """Key/value units of every cross-attention module (separate k and v projections): per head, its rows of both
+    (and of their biases), or both whole."""
+    units = []
+    for mod_name, attn in _attention_modules(model, spec):
+        if spec.fused_qkv or not is_cross_attention(mod_name):
+            continue
+        base = f"{prefix}{mod_name}".rstrip(".")
+        k, v = getattr(attn, spec.k), getattr(attn, spec.v)
+        if not heads:
+            units.append(EditUnit(_join(base, "kv"), "kv", tuple(
+                _whole(k, _join(base, spec.k)) + _whole(v, _join(base, spec.v)))))
+            continue
+        n_heads = int(getattr(attn, spec.heads_attr))
+        d_h = k.weight.shape[0] // n_heads
+        for h in range(n_heads):
+            slices = (_linear_slices(k, _join(base, spec.k), 0, h * d_h, d_h, True)
+                      + _linear_slices(v, _join(base, spec.v), 0, h * d_h, d_h, True))
+            units.append(EditUnit(_join(base, f"kv{h}"), "kv_head", tuple(slices)))
     return units
 
 

@@ -50,12 +50,18 @@ def _column_space(matrix: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 
 
 def directions(units: list[EditUnit], grads: Gradients, weights: StepWeights,
-               shape: Callable[[EditUnit, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+               shape: Callable[[EditUnit, torch.Tensor], torch.Tensor] | None = None,
+               closed_form: Callable[[EditUnit], torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
     """Per-unit update direction (flattened over the unit's slices), optionally reshaped by `shape` (the
     retain-aware preconditioner). With a retain sketch, the direction is made orthogonal to the sketched
-    retain-output sensitivities of that unit, so to first order retain outputs stay."""
+    retain-output sensitivities of that unit, so to first order retain outputs stay. Units for which `closed_form`
+    gives a direction (key/value units: the way to their closed-form map) take it as it is."""
     out = {}
     for u in units:
+        fixed = closed_form(u) if closed_form is not None else None
+        if fixed is not None:
+            out[u.name] = fixed
+            continue
         d = (weights.lambda_forget * weights.rho * unit_values(u, grads.forget)
              - weights.lambda_retain * unit_values(u, grads.retain))
         if grads.mismatch:  # empty at θ⁰, where it is zero

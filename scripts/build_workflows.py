@@ -36,7 +36,7 @@ OUTPUTS = {
     "RazorGrowEditSet": [("RAZOR_EDIT", "RAZOR_EDIT"), ("growth", "IMAGE"), ("report", "STRING")],
     "RazorApplyEdit": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
     "RazorSaveUnlearnedModel": [("path", "STRING")],
-    "LoraLoader": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "LoraLoaderModelOnly": [("MODEL", "MODEL")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "EmptyChromaRadianceLatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
@@ -49,7 +49,7 @@ OUTPUTS = {
 # Width and height of every node type as laid out (the frontend's own minimum or more: multiline text boxes, and
 # the previews that Score Heads, Grow Edit Set and Preview Image show inside the node, need room).
 SIZES = {
-    "RazorLoadMiniCanvas": (300, 80), "LoraLoader": (320, 130), "RazorLoadForgetSet": (400, 440),
+    "RazorLoadMiniCanvas": (300, 80), "LoraLoaderModelOnly": (320, 110), "RazorLoadForgetSet": (400, 440),
     "EmptyChromaRadianceLatentImage": (300, 110), "RazorScoreHeads": (360, 640), "RazorGrowEditSet": (360, 560),
     "RazorApplyEdit": (300, 100), "RazorSaveUnlearnedModel": (300, 130), "PreviewAny": (360, 300),
     "CLIPTextEncode": (340, 140), "KSampler": (320, 270), "VAEDecode": (210, 50), "ImageStitch": (280, 150),
@@ -85,7 +85,7 @@ def before_after(graph: dict, prompt: str, edited_model: tuple, edited_clip: tup
     graph["preview"] = Node("PreviewImage", [], {"images": ("stitch", 0)}, "before / after")
 
 
-def unlearning(concept: str, kind: str, blocks: str = "all", save_prefix: str | None = None) -> dict:
+def unlearning(concept: str, kind: str, blocks: str = "denoiser", save_prefix: str | None = None) -> dict:
     graph = {
         "load": Node("RazorLoadMiniCanvas"),
         "forget": Node("RazorLoadForgetSet", [concept, kind, "MiniCanvas demo", "", "", ""]),
@@ -113,9 +113,12 @@ STYLE_NOTE = """## Remove a style: neon, from the MiniCanvas demo model
 1. **Load Forget Set**: the concept to forget (*neon*), its kind, and where the prompts come from. The preset
    *MiniCanvas demo* writes the forget prompts (every object in neon), their anchors (the object alone) and the retain
    prompts (every other style). For your own model choose *custom* and type them (`{concept}` stands for the concept).
-2. **Score Heads**: the model draws its own forget/retain images at the latent's size, then every attention head
-   and MLP is scored (heat-map: rows = modules, columns = heads; the first edit set is outlined).
-3. **Grow Edit Set**: one regularised step on the best heads, growing the set until the concept is gone
+2. **Score Heads**: the model draws its own forget/retain images at the latent's size, then every unit of the
+   denoiser is scored (*blocks = denoiser*: the edit lives in the MODEL). The cross-attention key/value heads, where
+   every prompt enters the denoiser, are the candidates (heat-map: rows = modules, columns = heads; the first edit
+   set is outlined).
+3. **Grow Edit Set**: each round moves the edit set's keys/values towards the closed-form map of *neon*'s onto the
+   anchor's, with a step size searched on held-out noise, and adds heads until the concept is gone
    (*forget_target*) without moving the retain prompts more than *retain_tolerance*. Report and growth curve shown.
 4. **Apply RAZOR Edit**: patched copies of MODEL/CLIP; the originals stay untouched, so both are sampled below
    with the same seed: **top = before, bottom = after**.
@@ -130,16 +133,17 @@ The same chain as the style workflow with **kind = object**: the forget prompts 
 anchors name the style alone, the retain prompts every other object. **Top = before, bottom = after** (same seed):
 the sunset style stays, the star goes. Other objects: circle, square, triangle, cross, ring, heart, crescent."""
 
-REAPPLY_NOTE = """## Re-apply a saved edit with the stock LoRA loader
+REAPPLY_NOTE = """## Re-apply a saved edit to the MODEL alone (stock LoraLoaderModelOnly)
 
 **Save Unlearned Model** (format *edit file*) writes a safetensors file of exact weight differences
-(`<key>.diff`, `.diff_b`) plus RAZOR metadata. ComfyUI's stock **Load LoRA** applies it exactly:
+(`<key>.diff`, `.diff_b`) plus RAZOR metadata. The default edit lives in the denoiser (the MODEL), so ComfyUI's
+stock **LoraLoaderModelOnly** applies all of it, and the prompts go through the original, unedited CLIP:
 
 1. Copy `output/razor/neon_00001_.safetensors` (from the style workflow) to `models/loras/razor_neon_edit.safetensors`
    (or pick your file in the loader).
-2. Keep both strengths at 1.0 (0 = the original model, 1 = the edit as computed).
+2. Keep the strength at 1.0 (0 = the original model, 1 = the edit as computed).
 
-**Top = the original model, bottom = through the LoRA loader** (same seed)."""
+**Top = the original model, bottom = through the MODEL-only loader** (same seed, same CLIP)."""
 
 CLIP_NOTE = """## Text-encoder-only edit: forget *neon* in the CLIP
 
@@ -158,9 +162,9 @@ def graphs() -> dict[str, dict]:
     obj["note"] = note(OBJECT_NOTE)
 
     reapply = {"load": Node("RazorLoadMiniCanvas"),
-               "lora": Node("LoraLoader", [REAPPLIED_EDIT, 1.0, 1.0], {"model": ("load", 0), "clip": ("load", 1)}),
+               "lora": Node("LoraLoaderModelOnly", [REAPPLIED_EDIT, 1.0], {"model": ("load", 0)}),
                "note": note(REAPPLY_NOTE)}
-    before_after(reapply, "a star in neon style", ("lora", 0), ("lora", 1))
+    before_after(reapply, "a star in neon style", ("lora", 0), ("load", 1))
 
     clip_only = unlearning("neon", "style", blocks="text_encoder", save_prefix="razor/neon_clip")
     before_after(clip_only, "a star in neon style", ("load", 0), ("apply", 1))

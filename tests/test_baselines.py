@@ -4,7 +4,8 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from benchmarks.esd import cross_attention_names, esd_x_edit
-from benchmarks.uce import guide_positions, uce_closed_form, uce_edit, uce_token_vectors
+from benchmarks.uce import uce_edit, uce_token_vectors
+from razor_core.kv_map import closed_form as uce_closed_form, guide_positions
 from razor_core.forget_set import ForgetSet
 from razor_core.minicanvas import text
 from razor_core.minicanvas.denoiser import MiniDiT

@@ -64,12 +64,20 @@ def test_pareto_front_keeps_undominated_units():
 
 def test_growth_adds_units_until_the_target_is_reached_then_stops():
     config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
-                                weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+                                units_per_round=1, weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
     result = growth.run(ToyObjective(), config)
     assert [u.name for u in result.units] == ["toy.a", "toy.b"]  # a first (larger gradient), then grown by b
     assert len(result.rounds) == 2                            # stopped at the target, not at the budget of 6
     assert result.rounds[-1].forget_progress >= 0.9
     assert "c" not in result.delta                            # units outside the edit set are untouched
+
+
+def test_a_growth_round_adds_units_per_round_units_at_once():
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
+                                units_per_round=2, weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+    result = growth.run(ToyObjective(), config)
+    assert [u.name for u in result.units] == ["toy.a", "toy.b", "toy.c"]
+    assert result.rounds[1].added == ["toy.b", "toy.c"]
 
 
 def test_growth_stops_after_one_round_when_the_first_step_suffices():
@@ -371,14 +379,15 @@ def test_growth_rounds_record_the_preconditioners_moments_in_the_mismatch_pass(m
     recorded = []
     moments_for = growth.preconditioner_for
 
-    def recording(objective, units, params, config, moments=None):
+    def recording(objective, units, params, config, moments=None, closed_phase=False):
         fresh = preconditioner.retain_input_moments(objective.module_root(), units, lambda: Objective.run_retain(
             objective, params))
         recorded.append((moments, fresh))
-        return moments_for(objective, units, params, config, moments)
+        return moments_for(objective, units, params, config, moments, closed_phase)
     monkeypatch.setattr(growth, "preconditioner_for", recording)
     objective = LinearObjective(gradient_scale)
-    config = growth.RazorConfig(max_initial_units=1, forget_target=1.0, max_rounds=2, drift_tolerance=1.0)
+    config = growth.RazorConfig(max_initial_units=1, forget_target=1.0, max_rounds=2, drift_tolerance=1.0,
+                                units_per_round=1)
     result = growth.run(objective, config)
     assert len(result.rounds) == 2 and objective.retain_passes == 1  # round 0 only, both towers at once
     assert objective.restarts == (1 if gradient_scale > 1 else 0)
@@ -390,7 +399,8 @@ def test_growth_rounds_record_the_preconditioners_moments_in_the_mismatch_pass(m
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "esd"}, "method must be"), ({"max_rounds": 0}, "budgets"), ({"forget_target": 0.0}, "forget_target"),
-    ({"drift_tolerance": -1.0}, "drift_tolerance"),
+    ({"drift_tolerance": -1.0}, "drift_tolerance"), ({"units_per_round": 0}, "budgets"),
+    ({"kv_step": "exact"}, "kv_step"),
 ])
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

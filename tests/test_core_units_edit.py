@@ -5,6 +5,7 @@ from torch import nn
 
 from razor_core.edit import EditFileError, RazorEdit, fingerprint
 from razor_core.minicanvas.denoiser import MiniDiT
+from razor_core.adapters.base import tower_units
 from razor_core.units import (COMFY_STYLE, AttentionSpec, EditUnit, attention_units, scatter_unit, unit_values)
 
 
@@ -23,6 +24,21 @@ def test_every_attention_module_yields_one_unit_per_head(dit):
     assert len(units) == 2 * 2 * 4  # depth x (attn1, attn2) x heads
     layers = attention_units(dit, COMFY_STYLE, heads=False)
     assert [u.name for u in layers] == ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]
+
+
+def test_a_denoisers_cross_attention_gives_key_value_units_instead_of_heads(dit):
+    units = tower_units(dit, COMFY_STYLE, "", True, ("ff.0", "ff.2"), keys_values=True)
+    kv = [u for u in units if u.kind == "kv_head"]
+    assert [u.name for u in kv] == [f"blocks.{b}.attn2.kv{h}" for b in range(2) for h in range(4)]
+    assert not any(u.kind == "head" and ".attn2." in u.name for u in units)  # self-attention heads stay heads
+    assert sum(u.kind == "head" for u in units) == 2 * 4 and sum(u.kind == "mlp" for u in units) == 2 * 2
+    unit = next(u for u in kv if u.name == "blocks.1.attn2.kv2")
+    assert {(s.param, s.dim, s.start, s.length) for s in unit.slices} == {
+        (f"blocks.1.attn2.{p}.{t}", 0, 16, 8) for p in ("to_k", "to_v") for t in ("weight", "bias")}
+    layers = tower_units(dit, COMFY_STYLE, "", False, (), keys_values=True)
+    whole = next(u for u in layers if u.name == "blocks.0.attn2.kv")
+    assert whole.kind == "kv" and {s.param for s in whole.slices} == {
+        f"blocks.0.attn2.{p}.{t}" for p in ("to_k", "to_v") for t in ("weight", "bias")}
 
 
 def test_head_unit_slices_rows_of_qkv_and_columns_of_out(dit):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..objective import Params
-from ..units import EditUnit, attention_units, linear_units
+from ..units import EditUnit, attention_units, key_value_units, linear_units
 
 GRANULARITIES = ("heads", "layers")
 DIFFUSION_BLOCKS = ("denoiser", "text_encoder", "all")
@@ -19,9 +19,18 @@ def _mlp_names(module: nn.Module, leaf_names: tuple[str, ...]) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n.endswith(leaf_names)]
 
 
-def tower_units(module: nn.Module, spec, prefix: str, heads: bool, mlp_leaves: tuple[str, ...]) -> list[EditUnit]:
-    """A tower's attention heads (or whole attention modules) and its MLP linears."""
-    return (attention_units(module, spec, prefix, heads=heads)
+def is_cross_attention(module_name: str) -> bool:
+    """The denoiser's text-reading attention: `attn2` in ComfyUI's and diffusers' transformer blocks and MiniDiT."""
+    return module_name.rsplit(".", 1)[-1] == "attn2"
+
+
+def tower_units(module: nn.Module, spec, prefix: str, heads: bool, mlp_leaves: tuple[str, ...],
+                keys_values: bool = False) -> list[EditUnit]:
+    """A tower's attention heads (or whole attention modules) and its MLP linears. With `keys_values` (denoisers),
+    cross-attention modules give key/value units instead of heads: the text's path into the denoiser."""
+    skip = is_cross_attention if keys_values else (lambda _name: False)
+    kv = key_value_units(module, spec, prefix, heads, is_cross_attention) if keys_values else []
+    return (kv + attention_units(module, spec, prefix, heads=heads, skip=skip)
             + linear_units(module, _mlp_names(module, mlp_leaves), prefix))
 
 

@@ -148,7 +148,8 @@ class ComfyDiffusion(UnitModel):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES)
+            units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES,
+                                  keys_values=True)
             units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
         if self.blocks in ("text_encoder", "all"):
             for prefix in self.text_prefix:
@@ -198,6 +199,18 @@ class ComfyDiffusion(UnitModel):
                 parts.append(TextConditioning(context.to(self.device),
                                               None if pooled is None else pooled.to(self.device)))
         return TextConditioning.cat(parts)
+
+    def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
+        """The token id at each context position of the CLIP's first tokenizer (CLIP-L where there is one: SDXL's
+        encoders share its positions), and whether it holds a word of the prompt (ComfyUI's word ids are 0 on
+        start, end and padding tokens). Prompts longer than one chunk give the chunks in order, as the context does."""
+        clip = self._clip[0]
+        if clip is None:
+            raise ValueError("token positions need the CLIP: connect it to the node")
+        streams = clip.tokenize(prompt, return_word_ids=True)
+        chunks = streams["l"] if "l" in streams else next(iter(streams.values()))
+        flat = [token for chunk in chunks for token in chunk]
+        return [int(t[0]) for t in flat], [t[2] != 0 for t in flat]
 
     def sigmas(self, t: torch.Tensor) -> torch.Tensor:
         sampling = self._base[0].model_sampling

@@ -59,7 +59,7 @@ class DiffusersText2Image(UnitModel):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += tower_units(self.unet, COMFY_STYLE, "unet.", heads, DENOISER_MLP_LEAVES)
+            units += tower_units(self.unet, COMFY_STYLE, "unet.", heads, DENOISER_MLP_LEAVES, keys_values=True)
         if self.blocks in ("text_encoder", "all"):
             units += tower_units(self.text_encoder, HF_CLIP_STYLE, self.text_prefix, heads, ("fc1", "fc2"))
         return units
@@ -74,6 +74,13 @@ class DiffusersText2Image(UnitModel):
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self._call("text_encoder", params, (), {"input_ids": ids}).last_hidden_state
+
+    def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
+        """The token id at each context position, and whether it holds a word (not start, end or padding)."""
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True).input_ids
+        special = set(self.tokenizer.all_special_ids)
+        return ids, [i not in special for i in ids]
 
     def _timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return (t.to(self.device, torch.float32) * (len(self._alphas) - 1)).round().long()

@@ -43,7 +43,7 @@ class MiniCanvasDiffusion(UnitModel):
         heads = self.granularity == "heads"
         units: list[EditUnit] = []
         if self.blocks in ("denoiser", "all"):
-            units += tower_units(self.denoiser, COMFY_STYLE, "denoiser.", heads, ("ff.0", "ff.2"))
+            units += tower_units(self.denoiser, COMFY_STYLE, "denoiser.", heads, ("ff.0", "ff.2"), keys_values=True)
         if self.blocks in ("text_encoder", "all"):
             units += tower_units(self.text_encoder, HF_CLIP_STYLE, "text_encoder.", heads, ("fc1", "fc2"))
         return units
@@ -52,6 +52,9 @@ class MiniCanvasDiffusion(UnitModel):
         ids = text.tokenize(self.pipeline.tokenizer, prompts)
         out = functional_call(self.text_encoder, _overrides(params, "text_encoder."), (), {"input_ids": ids})
         return out.last_hidden_state
+
+    def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
+        return text.token_positions(self.pipeline.tokenizer, prompt)
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return functional_call(self.denoiser, _overrides(params, "denoiser."), (x, t * TIMESTEP_MULTIPLIER, context))

@@ -3,7 +3,8 @@
     .venv/bin/python -m razor_core.minicanvas check --json OUT.json   evaluate the bundled models
     .venv/bin/python -m razor_core.minicanvas grid --out grid.png      sample the styles x objects grid
     .venv/bin/python -m razor_core.minicanvas unlearn --target style:neon [--family diffusion|clip]
-        [--method razor|slug] [--seed N] --json OUT.json                 forget one concept and measure it
+        [--method razor|slug] [--blocks denoiser|text_encoder|all] [--seed N] --json OUT.json
+                                                                         forget one concept and measure it
     .venv/bin/python -m razor_core.minicanvas unlearn --list-targets
 """
 from __future__ import annotations
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p_unlearn.add_argument("--family", choices=("diffusion", "clip"), default="diffusion")
     p_unlearn.add_argument("--method", choices=("razor", "slug"), default="razor")
     p_unlearn.add_argument("--seed", type=int, default=0)
+    p_unlearn.add_argument("--blocks", choices=("denoiser", "text_encoder", "all"), default="denoiser",
+                           help="diffusion: which towers' units are candidates (default: the denoiser, so the edit "
+                                "lives in the MODEL); the JSON's *_model_only metrics apply only the denoiser's part")
     p_unlearn.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p_unlearn.add_argument("--list-targets", action="store_true", help="print the concept names and exit")
     args = parser.parse_args(argv)
@@ -98,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if not args.target:
                 parser.error("unlearn needs --target (or --list-targets)")
-            run = unlearn.unlearn_diffusion if args.family == "diffusion" else unlearn.unlearn_clip
-            result = run(args.target, method=args.method, seed=args.seed)
+            if args.family == "diffusion":
+                result = unlearn.unlearn_diffusion(args.target, method=args.method, seed=args.seed,
+                                                   blocks=args.blocks)
+            else:
+                result = unlearn.unlearn_clip(args.target, method=args.method, seed=args.seed)
             print(json.dumps({k: v for k, v in result.items() if k != "round_log"}, indent=1))
             if args.json:
                 store.atomic_write_bytes(args.json, (json.dumps(result, indent=1) + "\n").encode())

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..batching import halve, retry_smaller
 from ..forget_set import ForgetSet
+from ..kv_map import KeyValueMap, text_vectors
 from ..objective import Objective, Params, Validation, require_finite
 from ..units import EditUnit
 
@@ -36,6 +37,7 @@ class DiffusionModel(Protocol):
     def units(self) -> list[EditUnit]: ...
     def base_params(self, units: list[EditUnit]) -> Params: ...
     def encode(self, params: Params, prompts: list[str]) -> Any: ...
+    def tokens(self, prompt: str) -> tuple[list[int], list[bool]]: ...  # per context position: id, is a word
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: Any) -> torch.Tensor: ...
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def denoise_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
@@ -86,6 +88,8 @@ class DiffusionObjective(Objective):
         require_finite(self._theta0, "the model's weights", "a checkpoint, merge or LoRA upstream is broken; "
                        "load the model again without it")
         self._text_keys = [k for k in self._theta0 if k.startswith(model.text_prefix)]
+        self.forget_set = forget_set
+        self._key_value_map: KeyValueMap | None = None
         gen = torch.Generator().manual_seed(settings.seed)
         n_f = len(forget_set.forget_prompts)
         self.prompts = list(forget_set.forget_prompts) + list(forget_set.anchor_prompts) + list(
@@ -199,6 +203,18 @@ class DiffusionObjective(Objective):
 
     def module_root(self) -> nn.Module | None:
         return self.model.params_root()
+
+    def key_value_map(self) -> KeyValueMap:
+        """The closed-form map of the concept's cross-attention keys/values onto the anchor's, solved on the frozen
+        text encoder's contexts (built on first use)."""
+        if self._key_value_map is None:
+            fs = self.forget_set
+            n_f = len(fs.forget_prompts)
+            context = getattr(self._context0, "context", self._context0)  # an adapter's conditioning or a tensor
+            vectors = text_vectors(context[:n_f], context[n_f:2 * n_f], context[2 * n_f:], list(fs.forget_prompts),
+                                   list(fs.anchor_prompts), fs.concept, self.model.tokens)
+            self._key_value_map = KeyValueMap(vectors, self._theta0)
+        return self._key_value_map
 
     def run_retain(self, params: Params) -> None:
         # The text encoder on the retain prompts explicitly: below, untouched text weights reuse cached contexts.
