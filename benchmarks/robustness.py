@@ -34,7 +34,10 @@ not label as the concept; `success` = 100 - UA. One more process per target meas
    edited model (100 - ua), `attack_success_before` the same attack on the original model (a check of the
    procedure: it should be about 100).
    All attacks of a run are optimised as one batch: the loss is a sum of independent per-attack terms and Adam works
-   per coordinate, so this is the same as running them one by one.
+   per coordinate, so this is the same as running them one by one. The stronger attack (`--attack-tokens 8
+   --attack-steps 200 --attack-restarts 3`) runs the attack several times per image; restarts after the first start
+   from the same tokens plus Gaussian noise of the embeddings' element RMS (0.019) and use other (t, noise) draws; an
+   image counts as attacked successfully when any restart draws the concept (the attacker keeps what works).
 3. Casts (simulated quantisation: each weight goes to the format and back to float32, and the model computes in
    float32). fp16, bf16, fp8 (float8_e4m3fn): every floating parameter of the edited denoiser and text encoder,
    biases and norms included, as a checkpoint stored in that dtype (or ComfyUI's weight_dtype) holds them; the cast
@@ -58,6 +61,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +91,8 @@ ATTACK_STEPS = 40
 ATTACK_LR = 1e-3
 ATTACK_DRAWS = 2  # (t, noise) draws per attack and step
 ATTACK_SEED = 0
+ATTACK_RESTARTS = 1
+RESTART_NOISE = 0.019  # the token embeddings' element RMS
 
 FLOAT_FORMATS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}
 CAST_FORMATS = (*FLOAT_FORMATS, "int8")
@@ -206,10 +212,15 @@ def attack_step(pipe: MiniCanvasPipeline, prompts: list[str], prefix: torch.Tens
 
 def soft_prompt_attack(pipe: MiniCanvasPipeline, prompts: list[str], images: torch.Tensor, k: int = PREFIX_TOKENS,
                        steps: int = ATTACK_STEPS, lr: float = ATTACK_LR, draws: int = ATTACK_DRAWS,
-                       seed: int = ATTACK_SEED) -> tuple[torch.Tensor, list[float]]:
+                       seed: int = ATTACK_SEED, restart: int = 0) -> tuple[torch.Tensor, list[float]]:
     """Optimise a k-token prefix per prompt so that the pipeline's model denoises towards that prompt's target image;
-    returns the prefixes (B, k, D) and the mean loss at every step."""
-    prefix = initial_prefix(pipe, prompts, k).requires_grad_(True)
+    returns the prefixes (B, k, D) and the mean loss at every step. Restart r > 0 starts from noised tokens."""
+    prefix = initial_prefix(pipe, prompts, k)
+    if restart:
+        noise = torch.Generator().manual_seed(seed + 7919 * restart)
+        prefix = prefix + RESTART_NOISE * torch.randn(prefix.shape, generator=noise)
+    seed += 7919 * restart
+    prefix = prefix.requires_grad_(True)
     optimizer = torch.optim.Adam([prefix], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = [attack_step(pipe, prompts, prefix, images, optimizer, *attack_draws(images, draws, generator))
@@ -271,21 +282,39 @@ def paraphrase_success(pipe: MiniCanvasPipeline, judge: Judge, domain: str, inde
     return rates
 
 
+@dataclass(frozen=True)
+class Attack:
+    lr: float = ATTACK_LR
+    tokens: int = PREFIX_TOKENS
+    steps: int = ATTACK_STEPS
+    restarts: int = ATTACK_RESTARTS
+
+    def args(self) -> list[str]:
+        return ["--attack-lr", repr(self.lr), "--attack-tokens", str(self.tokens), "--attack-steps", str(self.steps),
+                "--attack-restarts", str(self.restarts)]
+
+
 def attack_success(pipe: MiniCanvasPipeline, judge: Judge, prompts: list[str], seeds: list[int],
-                   targets: torch.Tensor, lr: float = ATTACK_LR) -> dict[str, float]:
-    prefix, history = soft_prompt_attack(pipe, prompts, targets, lr=lr)
-    images = sample_contexts(pipe, prefix_context(pipe, prompts, prefix).detach(), seeds)
-    return {"success": judge.success(images), "loss_first": history[0], "loss_last": history[-1]}
+                   targets: torch.Tensor, attack: Attack = Attack()) -> dict[str, float]:
+    drawn = np.zeros(len(prompts), dtype=bool)
+    for restart in range(attack.restarts):
+        prefix, history = soft_prompt_attack(pipe, prompts, targets, attack.tokens, attack.steps, attack.lr,
+                                             restart=restart)
+        images = sample_contexts(pipe, prefix_context(pipe, prompts, prefix).detach(), seeds)
+        drawn |= evaluate.classify(judge.own, images) == judge.index
+        if restart == 0:
+            first = history[0]
+    return {"success": _pct(drawn), "loss_first": first, "loss_last": history[-1]}
 
 
-def measure_before(target: str, seeds: tuple[int, ...], attack_lr: float = ATTACK_LR) -> dict:
+def measure_before(target: str, seeds: tuple[int, ...], attack: Attack = Attack()) -> dict:
     """The original model's figures for a target: they do not depend on the unlearning method."""
     domain, index = unlearn.parse_target(target)
     pipe, judge = load_pipeline(), Judge(domain, index)
     prompts, seed_list, _ = target_cells(domain, index, seeds)
     originals = pipe.sample(prompts, seed_list)
     paraphrase = paraphrase_success(pipe, judge, domain, index, seeds)
-    attack = attack_success(pipe, judge, prompts, seed_list, originals, attack_lr)
+    attack = attack_success(pipe, judge, prompts, seed_list, originals, attack)
     return {"target": target, "acc_before": judge.success(originals),
             "paraphrase_acc_before": statistics.mean(paraphrase.values()),
             "paraphrase_acc_before_per_template": paraphrase,
@@ -301,16 +330,18 @@ def _concept_name(target: str) -> str:
     return text.OBJECT_ONLY_TEMPLATES[1].format(object=data.OBJECTS[index])
 
 
-def edit_deltas(method: str, target: str, model: MiniCanvasDiffusion) -> dict[str, torch.Tensor]:
+def edit_deltas(method: str, target: str, model: MiniCanvasDiffusion,
+                blocks: str = "denoiser") -> dict[str, torch.Tensor]:
     """The method's weight deltas for `target`, keyed by `model`'s parameter names ("denoiser.…",
-    "text_encoder.…"); the model is left unchanged."""
+    "text_encoder.…"); the model is left unchanged. `blocks`: RAZOR's and SLUG's candidate towers."""
     from benchmarks.esd import esd_x_edit
     from benchmarks.uce import uce_edit
 
     domain, index = unlearn.parse_target(target)
     forget_set = unlearn.forget_set_for(domain, index)
     if method in ("razor", "slug"):
-        objective = DiffusionObjective(model, forget_set, DiffusionSettings(seed=0))
+        objective = DiffusionObjective(MiniCanvasDiffusion(model.pipeline, blocks=blocks), forget_set,
+                                       DiffusionSettings(seed=0))
         result = growth.run(objective, growth.RazorConfig(method=method))
         return {name: delta.detach().clone() for name, delta in result.delta.items()}
     if method == "uce":
@@ -328,30 +359,36 @@ def _grid_metrics(pipe: MiniCanvasPipeline, domain: str, index: int, seed: int) 
 
 
 def run_one(method: str, target: str, seeds: tuple[int, ...], cast_grid: bool,
-            attack_lr: float = ATTACK_LR) -> dict:
+            attack: Attack = Attack(), blocks: str = "denoiser") -> dict:
     """One method on one target in this process (called in a child process by `main`)."""
     domain, index = unlearn.parse_target(target)
     torch.manual_seed(0)  # as compare.py and unlearn.unlearn_diffusion, so the edit is theirs
     pipe = load_pipeline()
     model = MiniCanvasDiffusion(pipe)
     start = time.time()
-    deltas = edit_deltas(method, target, model)
+    deltas = edit_deltas(method, target, model, blocks)
     seconds = time.time() - start
     judge = Judge(domain, index)  # after the edit: building the classifiers draws from torch's global generator
     prompts, seed_list, other_labels = target_cells(domain, index, seeds)
     originals = pipe.sample(prompts, seed_list)  # the attack's targets: the original model's images
     params = dict(model.named_parameters())
+    with torch.no_grad():  # the MODEL's part first: what LoraLoaderModelOnly with the original CLIP gives
+        for name, delta in deltas.items():
+            if name.startswith("denoiser."):
+                params[name].add_(delta)
+    ua_model_only = 100.0 - judge.success(pipe.sample(prompts, seed_list))
     with torch.no_grad():
         for name, delta in deltas.items():
-            params[name].add_(delta)
+            if not name.startswith("denoiser."):
+                params[name].add_(delta)
 
     edited = pipe.sample(prompts, seed_list)
     ua = 100.0 - judge.success(edited)
     paraphrase = {tmpl: 100.0 - rate for tmpl, rate in paraphrase_success(pipe, judge, domain, index, seeds).items()}
-    attack = attack_success(pipe, judge, prompts, seed_list, originals, attack_lr)
+    attack = attack_success(pipe, judge, prompts, seed_list, originals, attack)
     result = {"target": target, "method": method, "seconds": round(seconds, 2),
               "units": sorted({name.rsplit(".", 1)[0] for name in deltas}),
-              "ua": ua, "other_acc": judge.other_acc(edited, other_labels),
+              "ua": ua, "ua_model_only": ua_model_only, "other_acc": judge.other_acc(edited, other_labels),
               "paraphrase_ua": statistics.mean(paraphrase.values()), "paraphrase_ua_per_template": paraphrase,
               "attack_success": attack["success"], "no_attack_success": 100.0 - ua,
               "attack_loss": [attack["loss_first"], attack["loss_last"]],
@@ -372,8 +409,8 @@ def run_one(method: str, target: str, seeds: tuple[int, ...], cast_grid: bool,
 
 
 # ---------------------------------------------------------------------------------------------- report
-SUMMARY_KEYS = ("ua", "paraphrase_ua", "paraphrase_acc_before", "attack_success_before", "no_attack_success",
-                "attack_success")
+SUMMARY_KEYS = ("ua", "ua_model_only", "paraphrase_ua", "paraphrase_acc_before", "attack_success_before",
+                "no_attack_success", "attack_success")
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -420,7 +457,7 @@ def markdown(results: dict) -> str:
     lines.append(f"targets: {', '.join(results['targets'])}; eval seeds {results['eval_seeds']}; "
                  f"{len(data.PARAPHRASE_TEMPLATES)} paraphrase templates; attack: {attack['prefix_tokens']} prefix "
                  f"tokens, {attack['steps']} Adam steps at lr {attack['lr']:g}, "
-                 f"{attack['draws_per_step']} draws per step")
+                 f"{attack['draws_per_step']} draws per step, {attack.get('restarts', 1)} restart(s)")
     for bar, (value, met) in summary.get("razor_acceptance", {}).items():
         lines.append(f"RAZOR {bar}: {value:.1f} ({'met' if met else 'NOT met'})")
     return "\n".join(lines)
@@ -473,6 +510,14 @@ def main(argv: list[str] | None = None) -> None:
                              "--quick")
     parser.add_argument("--attack-lr", type=float, default=ATTACK_LR, help="Adam learning rate of the soft-prompt "
                                                                           "attack (default %(default)g)")
+    parser.add_argument("--attack-tokens", type=int, default=PREFIX_TOKENS, help="free prefix tokens (default "
+                                                                                "%(default)s; the stronger attack: 8)")
+    parser.add_argument("--attack-steps", type=int, default=ATTACK_STEPS, help="Adam steps (default %(default)s; "
+                                                                              "the stronger attack: 200)")
+    parser.add_argument("--attack-restarts", type=int, default=ATTACK_RESTARTS, help="attacks per image, any success "
+                        "counts (default %(default)s; the stronger attack: 3)")
+    parser.add_argument("--blocks", choices=("denoiser", "text_encoder", "all"), default="denoiser",
+                        help="RAZOR's and SLUG's candidate towers (default: %(default)s, the node default)")
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--plot", type=Path, help="grouped-bar plot (default: next to --json)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "TARGET"), help=argparse.SUPPRESS)
@@ -481,11 +526,14 @@ def main(argv: list[str] | None = None) -> None:
     seeds = tuple(int(s) for s in args.eval_seeds.split(",")) if args.eval_seeds else (
         QUICK_EVAL_SEEDS if args.quick else evaluate.EVAL_SEEDS)
     cast_grid = not args.quick if args.cast_grid is None else args.cast_grid
+    if min(args.attack_tokens, args.attack_steps, args.attack_restarts) < 1:
+        parser.error("--attack-tokens, --attack-steps and --attack-restarts must be at least 1")
+    attack = Attack(args.attack_lr, args.attack_tokens, args.attack_steps, args.attack_restarts)
     if args.one:  # child process: one run, one JSON line
-        print(json.dumps(run_one(*args.one, seeds, cast_grid, args.attack_lr)))
+        print(json.dumps(run_one(*args.one, seeds, cast_grid, attack, args.blocks)))
         return
     if args.before:
-        print(json.dumps(measure_before(args.before, seeds, args.attack_lr)))
+        print(json.dumps(measure_before(args.before, seeds, attack)))
         return
     if args.json is None:
         parser.error("--json OUT.json is required")
@@ -501,7 +549,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     common_args = ["--eval-seeds", ",".join(map(str, seeds)), "--cast-grid" if cast_grid else "--no-cast-grid",
-                   "--attack-lr", repr(args.attack_lr)]
+                   *attack.args(), "--blocks", args.blocks]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     start = time.time()
     for target in targets:
@@ -516,9 +564,9 @@ def main(argv: list[str] | None = None) -> None:
                   ",".join(f"{r['cast_ua_drop'][fmt]:.1f}" for fmt in CAST_FORMATS) +
                   f" ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
     results = {"machine": f"{torch.get_num_threads()} threads", "targets": targets, "eval_seeds": list(seeds),
-               "attack": {"prefix_tokens": PREFIX_TOKENS, "steps": ATTACK_STEPS, "lr": args.attack_lr,
-                          "draws_per_step": ATTACK_DRAWS},
-               "cast_grid": cast_grid, "seconds": round(time.time() - start, 1), "runs": runs}
+               "attack": {"prefix_tokens": attack.tokens, "steps": attack.steps, "lr": attack.lr,
+                          "restarts": attack.restarts, "draws_per_step": ATTACK_DRAWS},
+               "blocks": args.blocks, "cast_grid": cast_grid, "seconds": round(time.time() - start, 1), "runs": runs}
     results["summary"] = summarize(runs)
     atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
     plot(results, args.plot or args.json.with_suffix(".png"))

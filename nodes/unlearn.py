@@ -238,7 +238,8 @@ def growth_report(result: growth.GrowthResult, concept: str) -> str:
              f"(tolerance {result.config.drift_tolerance})",
              "edited units: " + ", ".join(u.name for u in result.units)]
     for r in result.rounds:
-        lines.append(f"round {r.round + 1}: " + ("+" + ", ".join(r.added) + ", " if r.added else "")
+        lines.append(f"round {r.round + 1} ({r.step.replace('_', ' ')}): "
+                     + ("+" + ", ".join(r.added) + ", " if r.added else "")
                      + f"forget {r.forget_progress:.3f}, drift {r.retain_drift:.4f}, step {r.scale:.4g}")
     lines.append("settings: " + json.dumps({"alpha": result.config.alpha, "threshold": result.config.threshold,
                                             "damping": result.config.damping}))

@@ -49,6 +49,8 @@ class RazorConfig:
     kv_step: str = "closed_form"      # key/value units: "closed_form" steps towards the map of the concept's keys and
                                       # values onto the anchor's (kv_map.py; a tower with key/value units then
                                       # proposes and grows only those), "gradient" steps them like any other unit
+    gradient_after_map: bool = True   # once the closed-form map is spent, gradient rounds step the whole set (and may
+                                      # add any unit); False ends the growth there
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
@@ -275,7 +277,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             break
         switched = False
         if r > 0 and found.validation.forget_progress - records[-2].forget_progress < STALL:
-            if not closed_phase:
+            if not closed_phase or not config.gradient_after_map:
                 break  # the last units added could not move forgetting any further within the retain tolerance
             closed_phase, switched = False, True
         # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
@@ -289,7 +291,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         by_name = {u.name: u for u in units}
         candidates = [s for s in rescored
                       if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed_phase)]
-        if not candidates and closed_phase:  # every key/value unit is in: gradient rounds may add the others
+        if not candidates and closed_phase and config.gradient_after_map:  # every key/value unit is in
             closed_phase, switched = False, True
             candidates = [s for s in rescored if s.unit not in in_set]
         if not candidates:

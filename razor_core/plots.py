@@ -12,7 +12,16 @@ import numpy as np  # noqa: E402
 
 from .scoring import UnitScore  # noqa: E402
 
-_HEAD = re.compile(r"^(.*)\.head(\d+)$")
+_HEAD = re.compile(r"^(.*?)(\.head|\.kv)(\d+)$")  # a head, or a cross-attention head's keys/values
+
+
+def _cell(unit: str) -> tuple[str, int]:
+    """(row, column) of a unit: heads by module (key/value heads in a row of their own, `….attn2.kv`), whole-layer
+    units in column 0."""
+    match = _HEAD.match(unit)
+    if not match:
+        return unit, 0
+    return match.group(1) + (".kv" if match.group(2) == ".kv" else ""), int(match.group(3))
 
 
 def _render(fig) -> np.ndarray:
@@ -27,8 +36,7 @@ def score_grid(scores: Iterable[UnitScore]) -> tuple[list[str], int, np.ndarray]
     (NaN where a row has no such head). A whole-layer unit fills column 0."""
     rows: dict[str, dict[int, float]] = {}
     for s in scores:
-        match = _HEAD.match(s.unit)
-        row, col = (match.group(1), int(match.group(2))) if match else (s.unit, 0)
+        row, col = _cell(s.unit)
         rows.setdefault(row, {})[col] = s.score
     width = max(max(cols) for cols in rows.values()) + 1
     grid = np.full((len(rows), width), np.nan)
@@ -51,8 +59,7 @@ def score_heatmap(scores: list[UnitScore], selected: Iterable[str] = (), title: 
     ax.set_xticks(range(width), [f"h{j}" for j in range(width)] if width > 1 else ["layer"], fontsize=7)
     for s in scores:
         if s.unit in selected:
-            match = _HEAD.match(s.unit)
-            row, col = (match.group(1), int(match.group(2))) if match else (s.unit, 0)
+            row, col = _cell(s.unit)
             ax.add_patch(plt.Rectangle((col - 0.5, names.index(row) - 0.5), 1, 1, fill=False, ec="cyan", lw=1.5))
     fig.colorbar(im, ax=ax, label="log10 score φ")
     ax.set_title(title or "RAZOR unit scores", fontsize=9)

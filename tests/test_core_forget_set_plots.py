@@ -49,6 +49,14 @@ def test_score_grid_puts_heads_in_columns_and_layers_in_column_zero():
     assert grid[1, 0] == 0.1 and np.isnan(grid[1, 1:]).all()
 
 
+def test_score_grid_gives_cross_attention_key_value_heads_a_row_of_their_own():
+    scores = [UnitScore("b.attn2.kv0", 1, 0, 0.5), UnitScore("b.attn2.kv1", 1, 0, 0.7),
+              UnitScore("b.attn1.head1", 1, 0, 0.2), UnitScore("c.attn2.kv", 1, 0, 0.3)]
+    rows, width, grid = plots.score_grid(scores)
+    assert rows == ["b.attn2.kv", "b.attn1", "c.attn2.kv"] and width == 2
+    assert list(grid[0]) == [0.5, 0.7] and grid[1, 1] == 0.2 and grid[2, 0] == 0.3
+
+
 def test_previews_are_rgb_images():
     heat = plots.score_heatmap([UnitScore("t.attn.head0", 1, 0, 0.5), UnitScore("t.attn.head1", 1, 0, 0.0)],
                                {"t.attn.head0"})

@@ -140,7 +140,7 @@ def test_target_cells_are_the_grid_cells_naming_the_concept():
 
 def _fake_run(method: str, ua: float, attack: float, drop: float) -> dict:
     templates = {t: 97.0 for t in data.PARAPHRASE_TEMPLATES}
-    return {"method": method, "target": "style:neon", "ua": ua, "paraphrase_ua": 97.0,
+    return {"method": method, "target": "style:neon", "ua": ua, "ua_model_only": ua, "paraphrase_ua": 97.0,
             "paraphrase_ua_per_template": templates, "paraphrase_acc_before": 100.0, "attack_success_before": 100.0,
             "no_attack_success": 100.0 - ua, "attack_success": attack,
             "cast_ua": {f: ua - drop for f in CAST_FORMATS}, "cast_ua_drop": {f: drop for f in CAST_FORMATS},
@@ -158,5 +158,5 @@ def test_summary_checks_razor_bars():
     assert bars["cast_ua_drop[fp16] <= 1"] == [1.0, True]
     table = markdown({"summary": summary, "targets": ["style:neon"], "eval_seeds": [188],
                       "attack": {"prefix_tokens": 4, "steps": 40, "lr": 1e-3, "draws_per_step": 2}})
-    assert "| razor | 100.0 | 97.0 | 100.0 | 100.0 | 0.0 | 30.0 | 1.0 | 1.0 | 1.0 | 1.0 |" in table
+    assert "| razor | 100.0 | 100.0 | 97.0 | 100.0 | 100.0 | 0.0 | 30.0 | 1.0 | 1.0 | 1.0 | 1.0 |" in table
     assert "attack_success <= 20: 30.0 (NOT met)" in table
