@@ -1,10 +1,12 @@
 """The RAZOR loop: score once at θ⁰, edit a small set with one regularised step, grow the set until forgotten.
 
     round 0: gradients at θ⁰ → scores φ → per tower, a candidate initial set K = its units with φ ≥ τ·(the tower's
-             max φ) (at most `max_initial_units`); the candidate whose step forgets most on the search's coarse
-             grid is kept (and only its step refined)
-    each round: direction at the current weights → step size by search → Δ += step
-    if forget progress < target and rounds remain: re-score on the edited model, add the best unedited unit
+             max φ) (at most `max_initial_units`; a denoiser's: every cross-attention key/value unit with φ > 0);
+             the candidate whose step forgets most on the search's coarse grid is kept (and only its step refined)
+    each round: direction at the current weights → step size by search → Δ += step. Key/value units first take
+             closed-form rounds (towards the map of the concept's keys/values onto the anchor's, kv_map.py); once
+             the map is spent, gradient rounds step the whole set
+    if forget progress < target and rounds remain: re-score on the edited model, add the best unedited units
 
 SLUG is the special case `method="slug"`: one whole layer from the Pareto front of (importance, |cos|) (per tower,
 the better one kept, as SLUG's authors pick among the towers' Pareto layers), a forget-only step (λ_r = λ_m = 0),
@@ -48,7 +50,7 @@ class RazorConfig:
                                       # steps stay on inputs retain data never uses; 0.1 let them reach retain ones)
     kv_step: str = "closed_form"      # key/value units: "closed_form" steps towards the map of the concept's keys and
                                       # values onto the anchor's (kv_map.py; a tower with key/value units then
-                                      # proposes and grows only those), "gradient" steps them like any other unit
+                                      # proposes all of them), "gradient" steps them like any other unit
     gradient_after_map: bool = True   # once the closed-form map is spent, gradient rounds step the whole set (and may
                                       # add any unit); False ends the growth there
     weights: StepWeights = field(default_factory=StepWeights)
@@ -121,8 +123,8 @@ def initial_sets(units: list[EditUnit], scores: list[UnitScore], config: RazorCo
     the candidate whose step forgets most within the retain tolerance. With closed-form key/value steps, a tower
     that has key/value units (a denoiser with cross-attention) proposes every one of them that carries the concept
     (φ > 0), best first: the map is solved per layer at once, whatever the number of units, and every prompt reaches
-    the denoiser through all of them (a few heads at a time stall: on MiniCanvas four heads moved neon's forget
-    progress by 0.05)."""
+    the denoiser through all of them (a few heads at a time crawl: on MiniCanvas the heads with φ ≥ ½·max φ moved
+    neon's forget progress by 0.05)."""
     by_name = {u.name: u for u in units}
     sets = []
     for name in dict.fromkeys(tower(u) for u in units):
@@ -255,8 +257,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         for edit_set in candidates:
             dirs = directions(edit_set, grads, weights, shape, closed)
             # A closed-form set's search starts at η = 1, the map itself (its scale is the direction's own).
-            start_at = natural_scale(edit_set, dirs, current) if closed and all(
-                is_key_value(u) for u in edit_set) else search_from
+            start_at = (natural_scale(edit_set, dirs, current) if closed and all(
+                is_key_value(u) for u in edit_set) else 0.0) or search_from
             search = StepSearch(objective, current, edit_set, dirs, config.drift_tolerance, reached)
             tried.append((edit_set, dirs, search.bracket(start=start_at)))
         # Only the proposal that forgets most on the bracket's grid is refined: bisection, then per-unit steps
@@ -280,8 +282,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             if not closed_phase or not config.gradient_after_map:
                 break  # the last units added could not move forgetting any further within the retain tolerance
             closed_phase, switched = False, True
-        # Grow: re-score on the edited model and add the best unit not yet edited; the next round's step uses
-        # these same gradients, with the mismatch gradient of the units it moves.
+        # Grow: re-score on the edited model and add the best units not yet edited; the next round's step uses
+        # these same gradients, with the mismatch gradient of the units it moves by gradient.
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
         edited = add(theta0, delta)
         grads = compute_gradients(objective, edited, sketch_size=sketch)

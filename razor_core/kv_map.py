@@ -29,7 +29,7 @@ import torch
 from .units import EditUnit, unit_values
 
 RETAIN_SCALE = 1.0     # λ: weight of the retain vectors (UCE's preserve_scale)
-REGULARIZATION = 0.5   # γ: ridge towards the current weights (UCE's lamb)
+REGULARIZATION = 0.5   # γ: ridge towards the original weights (UCE's lamb)
 
 # text -> (the token id at each position of its context, whether that position holds a word of the text rather
 # than a start, end or padding token): what an adapter's tokenizer gives, and all the alignment needs.
@@ -99,7 +99,7 @@ def text_vectors(forget: torch.Tensor, anchor: torch.Tensor, retain: torch.Tenso
     if not concept_rows:
         raise ValueError(f"no forget prompt names the concept {concept!r} in words the tokenizer keeps: the key/value "
                          "map edits the concept's token positions, so write the concept into the forget prompts "
-                         "({concept}), or choose kv_step='gradient'")
+                         "({concept} stands for it)")
     return TextVectors(torch.cat(concept_rows), torch.cat(guide_rows), retain.reshape(-1, retain.shape[-1]))
 
 
@@ -138,7 +138,8 @@ def is_key_value(unit: EditUnit) -> bool:
 
 
 def natural_scale(units: list[EditUnit], dirs: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> float:
-    """The step search's scale s (η = s·‖θ_K‖/‖d_K‖) at which η = 1, i.e. the closed-form solution itself."""
+    """The step search's scale s (η = s·‖θ_K‖/‖d_K‖) at which η = 1, i.e. the closed-form solution itself (0 for
+    all-zero weights, where no scale means that)."""
     d = float(torch.cat([dirs[u.name] for u in units]).norm())
     theta = float(torch.cat([unit_values(u, params).float() for u in units]).norm())
     return d / theta if theta > 0 else 0.0
