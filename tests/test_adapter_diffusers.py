@@ -27,12 +27,13 @@ def test_units_are_the_unets_and_text_encoders_heads_and_mlps(tiny):
     # transformers 5 dropped CLIPTextModel's `text_model` level; 4.x has it
     text_layers = "text_encoder.encoder.layers" if hasattr(tiny.text_encoder, "encoder") else \
         "text_encoder.text_model.encoder.layers"
-    for h in range(4):  # attention_head_dim=4 heads in the toy config, self- and cross-attention
-        assert f"{attention}.attn1.head{h}" in names and f"{attention}.attn2.head{h}" in names
+    for h in range(4):  # attention_head_dim=4 heads in the toy config: self-attention heads, cross-attention k/v heads
+        assert f"{attention}.attn1.head{h}" in names and f"{attention}.attn2.kv{h}" in names
+        assert f"{attention}.attn2.head{h}" not in names
         assert f"{text_layers}.1.self_attn.head{h}" in names
     assert {f"{attention}.ff.net.0.proj", f"{attention}.ff.net.2", f"{text_layers}.0.mlp.fc1"} <= names
     kinds = {u.kind for u in tiny.units()}
-    assert kinds == {"head", "mlp"}
+    assert kinds == {"head", "kv_head", "mlp"}
 
 
 def test_razor_on_the_toy_model_forgets_within_tolerance_and_edits_only_its_units(tiny):
@@ -71,7 +72,7 @@ def test_half_precision_weights_are_not_copied_and_get_the_float32_path_s_gradie
         assert torch.equal(native.forget[name], widened.forget[name])
         assert torch.equal(native.retain[name], widened.retain[name])
     assert all(torch.isfinite(g).all() for g in native.forget.values())
-    unit = next(u for u in model.units() if u.name.endswith("attn2.head0"))
+    unit = next(u for u in model.units() if u.name.endswith("attn2.kv0"))
     assert unit_values(unit, native.forget).abs().sum() > 0
     assert next(model.unet.parameters()).dtype == torch.float16
 

@@ -154,11 +154,20 @@ def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
     assert units and deltas
     text_prefix = TEXT_PREFIXES[ckpt_run["family"]]
     assert {u["name"].split(".", 1)[0] for u in units} <= {"diffusion_model", "clip_l"}
-    # Gradients reached both towers: ComfyUI's CLIP-L (in-place residual adds, fp16 weights) and the UNet.
     scores = json.loads(meta["razor.scores"])
-    towers = ["diffusion_model", "clip_l"]
-    if ckpt_run["family"] == "sd3":  # MMDiT heads (fused qkv) in both streams of the joint attention
-        towers += [f"diffusion_model.joint_blocks.0.{stream}.attn.head" for stream in ("context_block", "x_block")]
+    if ckpt_run["family"] == "sd3":
+        # blocks=all: gradients reached ComfyUI's CLIP-L (in-place residual adds, fp16 weights) and MMDiT's heads
+        # (fused qkv) in both streams of the joint attention
+        towers = ["diffusion_model", "clip_l"] + [f"diffusion_model.joint_blocks.0.{stream}.attn.head"
+                                                  for stream in ("context_block", "x_block")]
+    else:
+        # blocks=denoiser: the whole edit is in the MODEL; the UNet's cross-attention keys/values are units
+        towers = ["diffusion_model"]
+        assert all(u["name"].startswith("diffusion_model.") for u in units)
+        assert any(".attn2.kv" in u["name"] for u in units) and not any(s["unit"].startswith("clip_l")
+                                                                         for s in scores)
+        importances = [s["importance"] for s in scores if ".attn2.kv" in s["unit"]]
+        assert importances and max(importances) > 0
     for tower in towers:
         importances = [s["importance"] for s in scores if s["unit"].startswith(tower)]
         assert importances and all(np.isfinite(importances)) and max(importances) > 0, tower
