@@ -55,7 +55,7 @@ def test_inference_weights_get_gradients_without_a_copy_and_stay_untouched():
     original = {k: v.clone() for k, v in loaded.state_dict().items()}
     adapter = ComfyDiffusion(SimpleNamespace(model=FakeBase(loaded)), None, sampler=None, blocks="denoiser")
     units = adapter.units()
-    assert {u.kind for u in units} == {"head", "mlp"}
+    assert {u.kind for u in units} == {"head", "kv_head", "mlp"}
     theta0 = adapter.base_params(units)
     module_params = dict(loaded.named_parameters())
     for name, value in theta0.items():
