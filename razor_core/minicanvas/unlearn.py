@@ -117,7 +117,7 @@ def unlearn_diffusion(target: str, method: str = "razor", seed: int = 0, granula
     answers, metrics = _evaluate_edit(pipe, adapter, edit, domain, index, eval_seeds)
     model_part = _denoiser_part(edit, adapter)
     model_only = metrics if len(model_part.deltas) == len(edit.deltas) else _evaluate_edit(
-        pipe, adapter, model_part, domain, index, eval_seeds)[1]  # the same edit: the same images
+        pipe, adapter, model_part, domain, index, eval_seeds)[1]  # all in the MODEL: the same images
     return {
         "target": target, "family": "diffusion", "method": config.method, "blocks": blocks, **metrics,
         **{f"{k}_model_only": model_only[k] for k in ("ua", "ira", "cra")},
