@@ -40,12 +40,10 @@ Choices where the paper is silent, or where it had to be adapted to MiniCanvas:
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
 from razor_core.forget_set import ForgetSet
-from razor_core.kv_map import REGULARIZATION, RETAIN_SCALE, closed_form, text_vectors
+from razor_core.kv_map import REGULARIZATION, RETAIN_SCALE, closed_form, text_vectors, tokenizer_positions
 from razor_core.minicanvas import text
 from razor_core.minicanvas.pipeline import MiniCanvasPipeline
 
@@ -59,7 +57,7 @@ def uce_token_vectors(pipe: MiniCanvasPipeline,
     vectors = text_vectors(pipe.encode(list(forget_set.forget_prompts)), pipe.encode(list(forget_set.anchor_prompts)),
                            pipe.encode(list(forget_set.retain_prompts)), list(forget_set.forget_prompts),
                            list(forget_set.anchor_prompts), forget_set.concept,
-                           partial(text.token_positions, pipe.tokenizer))
+                           lambda prompt: tokenizer_positions(pipe.tokenizer, prompt, text.CONTEXT_LENGTH))
     return vectors.concept, vectors.guide, vectors.retain
 
 

@@ -231,6 +231,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     # anchor, while the forget objective's target lies past it.
     closed_phase = key_value_map is not None
     switched = False
+    by_name = {u.name: u for u in units}
     if any(p not in scoring.gradients.forget for s in candidates for u in s for p in u.params):
         scoring = score(objective, config)  # kept (`for_round_zero`) for other settings than these
     grads, scores, before = scoring.gradients, scoring.scores, scoring.before
@@ -290,7 +291,6 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         backward += grads.backward_passes
         rescored = score_units(units, edited, grads.forget, grads.retain, config.alpha)
         in_set = {u.name for u in edit_set}
-        by_name = {u.name: u for u in units}
         candidates = [s for s in rescored
                       if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed_phase)]
         if not candidates and closed_phase and config.gradient_after_map:  # every key/value unit is in

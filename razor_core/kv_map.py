@@ -36,6 +36,14 @@ REGULARIZATION = 0.5   # γ: ridge towards the original weights (UCE's lamb)
 Tokens = Callable[[str], "tuple[list[int], list[bool]]"]
 
 
+def tokenizer_positions(tokenizer, prompt: str, length: int) -> tuple[list[int], list[bool]]:
+    """`Tokens` for a Hugging Face tokenizer whose contexts are padded to `length` positions: every special token
+    (start, end, padding) is no word."""
+    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True).input_ids
+    special = set(tokenizer.all_special_ids)
+    return ids, [i not in special for i in ids]
+
+
 def closed_form(weight: torch.Tensor, concept: torch.Tensor, guide: torch.Tensor, retain: torch.Tensor,
                 retain_scale: float = RETAIN_SCALE, regularization: float = REGULARIZATION) -> torch.Tensor:
     """W' for one projection `weight` (out, in), with vectors as rows: concept c_e and guide c*_e (n_e, in), aligned

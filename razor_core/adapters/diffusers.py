@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from ..batching import halve, retry_smaller
 from ..objective import Params
+from ..kv_map import tokenizer_positions
 from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 from .comfy import DENOISER_MLP_LEAVES
@@ -76,11 +77,7 @@ class DiffusersText2Image(UnitModel):
         return self._call("text_encoder", params, (), {"input_ids": ids}).last_hidden_state
 
     def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
-        """The token id at each context position, and whether it holds a word (not start, end or padding)."""
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True).input_ids
-        special = set(self.tokenizer.all_special_ids)
-        return ids, [i not in special for i in ids]
+        return tokenizer_positions(self.tokenizer, prompt, self.tokenizer.model_max_length)
 
     def _timesteps(self, t: torch.Tensor) -> torch.Tensor:
         return (t.to(self.device, torch.float32) * (len(self._alphas) - 1)).round().long()

@@ -12,6 +12,7 @@ from torch.func import functional_call
 from ..minicanvas.pipeline import TIMESTEP_MULTIPLIER, MiniCanvasPipeline
 from ..minicanvas import text
 from ..objective import Params
+from ..kv_map import tokenizer_positions
 from ..units import COMFY_STYLE, HF_CLIP_STYLE, EditUnit
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
@@ -54,7 +55,7 @@ class MiniCanvasDiffusion(UnitModel):
         return out.last_hidden_state
 
     def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
-        return text.token_positions(self.pipeline.tokenizer, prompt)
+        return tokenizer_positions(self.pipeline.tokenizer, prompt, text.CONTEXT_LENGTH)
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return functional_call(self.denoiser, _overrides(params, "denoiser."), (x, t * TIMESTEP_MULTIPLIER, context))

@@ -99,9 +99,3 @@ def tokenize(tokenizer, prompts: list[str]):
     return tokenizer(prompts, padding="max_length", max_length=CONTEXT_LENGTH, truncation=True,
                      return_tensors="pt").input_ids
 
-
-def token_positions(tokenizer, prompt: str) -> tuple[list[int], list[bool]]:
-    """The token id at each context position of `prompt`, and whether it holds a word (not start, end or padding)."""
-    ids = tokenize(tokenizer, [prompt])[0].tolist()
-    special = set(tokenizer.all_special_ids)
-    return ids, [i not in special for i in ids]
