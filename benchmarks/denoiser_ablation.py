@@ -10,7 +10,9 @@ Variants, each adding one choice to the one before (RazorConfig fields in bracke
   gradient like every other unit (kv_step="gradient"), one unit per round;
 - key_value_map: the keys/values step towards their closed-form map, and growth ends when the map is spent
   (kv_step="closed_form", gradient_after_map=False);
-- default: then gradient rounds step the whole set past the anchor, adding eight units per round (the defaults).
+- default: then gradient rounds step the whole set past the anchor, adding eight units per round (the defaults);
+- attack_aware: then two attack-aware rounds (attack_rounds=2): the closed-form context adversary's contexts join the
+  key/value map (growth.attack_aware_rounds).
 The default targets are the tuning split the defaults were chosen on (two styles and two objects, an easy and a hard
 one each); the reported table (benchmarks.unlearn_table) covers every target. Metrics as `unlearn` computes them,
 on the evaluation seeds given (default 2 of UnlearnCanvas's 5, to keep the run near 20 minutes on 2 cores).
@@ -32,6 +34,7 @@ VARIANTS: dict[str, tuple[str, RazorConfig]] = {  # name: (blocks, config)
     "denoiser_gradient": ("denoiser", RazorConfig(kv_step="gradient", units_per_round=1)),
     "key_value_map": ("denoiser", RazorConfig(gradient_after_map=False)),
     "default": ("denoiser", RazorConfig()),
+    "attack_aware": ("denoiser", RazorConfig(attack_rounds=2)),
 }
 CELLS = ("ua", "ira", "cra", "ua_model_only", "forget_progress", "seconds")
 

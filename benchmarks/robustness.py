@@ -5,6 +5,7 @@ attack, and the edited weights cast to low-precision formats.
     .venv/bin/python -m benchmarks.robustness --json out/robustness.json                   # every target, ~4 h
     .venv/bin/python -m benchmarks.robustness --targets style:neon --methods razor,uce --eval-seeds 188 \\
         --json out/robustness_smoke.json                                                   # smoke run, ~4.5 min
+    .venv/bin/python -m benchmarks.robustness --merge out/batch1.json out/batch2.json --json out/robustness.json
 
 Every (method, target) runs in a fresh Python process (as in benchmarks/compare.py). It makes the edit once, with
 the same code and seeds as compare.py (RAZOR/SLUG: `growth.run` as `unlearn.unlearn_diffusion` runs it; UCE and
@@ -99,7 +100,7 @@ CAST_FORMATS = (*FLOAT_FORMATS, "int8")
 INT8_MAX = 127
 
 # Acceptance bars of the robustness issue, checked on RAZOR's means.
-BAR_PARAPHRASE_UA = 95.0
+BAR_PARAPHRASE_UA = 97.0
 BAR_ATTACK_SUCCESS = 20.0
 BAR_CAST_DROP = 1.0
 
@@ -330,10 +331,11 @@ def _concept_name(target: str) -> str:
     return text.OBJECT_ONLY_TEMPLATES[1].format(object=data.OBJECTS[index])
 
 
-def edit_deltas(method: str, target: str, model: MiniCanvasDiffusion,
-                blocks: str = "denoiser") -> dict[str, torch.Tensor]:
+def edit_deltas(method: str, target: str, model: MiniCanvasDiffusion, blocks: str = "denoiser",
+                attack_rounds: int = 0) -> dict[str, torch.Tensor]:
     """The method's weight deltas for `target`, keyed by `model`'s parameter names ("denoiser.…",
-    "text_encoder.…"); the model is left unchanged. `blocks`: RAZOR's and SLUG's candidate towers."""
+    "text_encoder.…"); the model is left unchanged. `blocks`: RAZOR's and SLUG's candidate towers; `attack_rounds`:
+    RAZOR's attack-aware rounds."""
     from benchmarks.esd import esd_x_edit
     from benchmarks.uce import uce_edit
 
@@ -342,7 +344,7 @@ def edit_deltas(method: str, target: str, model: MiniCanvasDiffusion,
     if method in ("razor", "slug"):
         objective = DiffusionObjective(MiniCanvasDiffusion(model.pipeline, blocks=blocks), forget_set,
                                        DiffusionSettings(seed=0))
-        result = growth.run(objective, growth.RazorConfig(method=method))
+        result = growth.run(objective, growth.RazorConfig(method=method, attack_rounds=attack_rounds))
         return {name: delta.detach().clone() for name, delta in result.delta.items()}
     if method == "uce":
         deltas = uce_edit(model.pipeline, forget_set)
@@ -359,14 +361,14 @@ def _grid_metrics(pipe: MiniCanvasPipeline, domain: str, index: int, seed: int) 
 
 
 def run_one(method: str, target: str, seeds: tuple[int, ...], cast_grid: bool,
-            attack: Attack = Attack(), blocks: str = "denoiser") -> dict:
+            attack: Attack = Attack(), blocks: str = "denoiser", attack_rounds: int = 0) -> dict:
     """One method on one target in this process (called in a child process by `main`)."""
     domain, index = unlearn.parse_target(target)
     torch.manual_seed(0)  # as compare.py and unlearn.unlearn_diffusion, so the edit is theirs
     pipe = load_pipeline()
     model = MiniCanvasDiffusion(pipe)
     start = time.time()
-    deltas = edit_deltas(method, target, model, blocks)
+    deltas = edit_deltas(method, target, model, blocks, attack_rounds)
     seconds = time.time() - start
     judge = Judge(domain, index)  # after the edit: building the classifiers draws from torch's global generator
     prompts, seed_list, other_labels = target_cells(domain, index, seeds)
@@ -490,6 +492,28 @@ def plot(results: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from runs made in batches of targets: the same settings, disjoint targets, runs concatenated and
+    the summary recomputed."""
+    settings = ("eval_seeds", "attack", "blocks", "attack_rounds", "cast_grid")
+    first = parts[0]
+    for part in parts[1:]:
+        differ = [k for k in settings if part.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"the batches were run with other settings ({', '.join(differ)}): run them again with "
+                             "the same options")
+        if set(part["runs"]) != set(first["runs"]):
+            raise ValueError("the batches ran other methods: run them again with the same --methods")
+    targets = [t for part in parts for t in part["targets"]]
+    if len(set(targets)) != len(targets):
+        raise ValueError("a target was measured in two batches: merge batches of disjoint targets")
+    runs = {m: [r for part in parts for r in part["runs"][m]] for m in first["runs"]}
+    merged = {**{k: first.get(k) for k in ("machine", *settings)}, "targets": targets,
+              "seconds": round(sum(part["seconds"] for part in parts), 1), "runs": runs}
+    merged["summary"] = summarize(runs)
+    return merged
+
+
 def _child(args: list[str]) -> dict:
     return run_in_child("benchmarks.robustness", args)
 
@@ -518,6 +542,11 @@ def main(argv: list[str] | None = None) -> None:
                         "counts (default %(default)s; the stronger attack: 3)")
     parser.add_argument("--blocks", choices=("denoiser", "text_encoder", "all"), default="denoiser",
                         help="RAZOR's and SLUG's candidate towers (default: %(default)s, the node default)")
+    parser.add_argument("--attack-rounds", type=int, default=0,
+                        help="RAZOR's attack-aware rounds (RazorConfig.attack_rounds; default %(default)s, as the "
+                             "nodes)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="BATCH.json",
+                        help="merge runs made in batches of targets (same options) into --json, and print the table")
     parser.add_argument("--json", type=Path, help="where to write the results")
     parser.add_argument("--plot", type=Path, help="grouped-bar plot (default: next to --json)")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "TARGET"), help=argparse.SUPPRESS)
@@ -530,13 +559,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--attack-tokens, --attack-steps and --attack-restarts must be at least 1")
     attack = Attack(args.attack_lr, args.attack_tokens, args.attack_steps, args.attack_restarts)
     if args.one:  # child process: one run, one JSON line
-        print(json.dumps(run_one(*args.one, seeds, cast_grid, attack, args.blocks)))
+        print(json.dumps(run_one(*args.one, seeds, cast_grid, attack, args.blocks, args.attack_rounds)))
         return
     if args.before:
         print(json.dumps(measure_before(args.before, seeds, attack)))
         return
     if args.json is None:
         parser.error("--json OUT.json is required")
+    if args.merge:
+        try:
+            results = merge([json.loads(path.read_text()) for path in args.merge])
+        except ValueError as exc:
+            parser.error(str(exc))
+        _write(results, args.json, args.plot)
+        return
     methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else FULL_METHODS)
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -549,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
     common_args = ["--eval-seeds", ",".join(map(str, seeds)), "--cast-grid" if cast_grid else "--no-cast-grid",
-                   *attack.args(), "--blocks", args.blocks]
+                   *attack.args(), "--blocks", args.blocks, "--attack-rounds", str(args.attack_rounds)]
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     start = time.time()
     for target in targets:
@@ -566,10 +602,14 @@ def main(argv: list[str] | None = None) -> None:
     results = {"machine": f"{torch.get_num_threads()} threads", "targets": targets, "eval_seeds": list(seeds),
                "attack": {"prefix_tokens": attack.tokens, "steps": attack.steps, "lr": attack.lr,
                           "restarts": attack.restarts, "draws_per_step": ATTACK_DRAWS},
-               "blocks": args.blocks, "cast_grid": cast_grid, "seconds": round(time.time() - start, 1), "runs": runs}
+               "blocks": args.blocks, "attack_rounds": args.attack_rounds, "cast_grid": cast_grid, "seconds": round(time.time() - start, 1), "runs": runs}
     results["summary"] = summarize(runs)
-    atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
-    plot(results, args.plot or args.json.with_suffix(".png"))
+    _write(results, args.json, args.plot)
+
+
+def _write(results: dict, path: Path, plot_path: Path | None) -> None:
+    atomic_write_bytes(path, (json.dumps(results, indent=1) + "\n").encode())
+    plot(results, plot_path or path.with_suffix(".png"))
     print(markdown(results))
 
 

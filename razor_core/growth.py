@@ -7,6 +7,8 @@
              closed-form rounds (towards the map of the concept's keys/values onto the anchor's, kv_map.py); once
              the map is spent, gradient rounds step the whole set
     if forget progress < target and rounds remain: re-score on the edited model, add the best unedited units
+    then (`attack_rounds`): attack the edit in context space (the closed-form adversary), solve the key/value map
+             on the attacked contexts too, step towards it (attack-aware rounds)
 
 SLUG is the special case `method="slug"`: one whole layer from the Pareto front of (importance, |cos|) (per tower,
 the better one kept, as SLUG's authors pick among the towers' Pareto layers), a forget-only step (λ_r = λ_m = 0),
@@ -23,11 +25,12 @@ from typing import Callable
 import torch
 
 from .gradients import Gradients, compute_gradients, mismatch_gradients
-from .kv_map import is_key_value, natural_scale
+from .kv_map import KeyValueMap, is_key_value, natural_scale
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import InputMoments, precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
-from .update import START_SCALE, StepSearch, StepWeights, add, directions, refine_units, step_delta
+from .update import (START_SCALE, StepSearch, StepWeights, add, directions, refine_units, search_step,
+                     step_delta)
 from .units import EditUnit
 
 STALL = 0.01  # a round that improves forget progress by less than this ends the growth
@@ -53,6 +56,10 @@ class RazorConfig:
                                       # proposes all of them), "gradient" steps them like any other unit
     gradient_after_map: bool = True   # once the closed-form map is spent, gradient rounds step the whole set (and may
                                       # add any unit); False ends the growth there
+    attack_rounds: int = 0            # attack-aware rounds after the growth (closed-form key/value edits of the
+                                      # denoiser only): the closed-form context adversary finds the contexts that
+                                      # give the edited keys/values the original's, and the map is solved on them
+                                      # too (AdvUnlearn's idea, RECE's adversary)
     weights: StepWeights = field(default_factory=StepWeights)
 
     def __post_init__(self) -> None:
@@ -62,6 +69,8 @@ class RazorConfig:
             raise ValueError(f"kv_step must be 'closed_form' or 'gradient', got {self.kv_step!r}")
         if self.max_rounds < 1 or self.max_initial_units < 1 or self.units_per_round < 1:
             raise ValueError("max_rounds, max_initial_units and units_per_round must be at least 1 (they are budgets)")
+        if self.attack_rounds < 0:
+            raise ValueError(f"attack_rounds must be at least 0, got {self.attack_rounds}")
         if not 0.0 < self.forget_target <= 1.0:  # written so that NaN fails too
             raise ValueError(f"forget_target must be in (0, 1], got {self.forget_target}")
         for name, rule in (("alpha", ">= 0"), ("threshold", ">= 0"), ("damping", "> 0"), ("drift_tolerance", "> 0")):
@@ -75,13 +84,14 @@ class RoundRecord:
     round: int
     units: list[str]
     added: list[str]           # the units this round added (none in round 0)
-    step: str                  # "closed_form" (key/value units moved towards their map) or "gradient"
+    step: str                  # "closed_form" (key/value units moved towards their map), "gradient" or "attack"
     scale: float
     etas: dict[str, float]
     forget_progress: float
     retain_drift: float
     probes: int
     seconds: float
+    attacked_progress: float | None = None  # "attack" rounds: forget progress under that round's attack
 
 
 @dataclass
@@ -226,6 +236,8 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     candidates = initial_sets(units, scoring.scores, config)
     key_value_map = objective.key_value_map() if closed_form_steps(config) and any(
         is_key_value(u) for u in units) else None
+    attack_rounds = config.attack_rounds if key_value_map is not None else 0
+    total = rounds_budget + attack_rounds
     # Closed-form rounds come first; once the map is spent (a round that moves forget progress by less than STALL),
     # gradient rounds step the whole set and may add any unit: the map can only make the concept draw like the
     # anchor, while the forget objective's target lies past it.
@@ -243,7 +255,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
     moments = None
     for r in range(rounds_budget):
         start = time.time()
-        report(r, rounds_budget, f"round {r + 1}: stepping {len(candidates[0])} unit(s)")
+        report(r, total, f"round {r + 1}: stepping {len(candidates[0])} unit(s)")
         current = add(theta0, delta)
         # Growth rounds start their search at half the previous step (steps mostly shrink as the set grows, about
         # halving per round on MiniCanvas; the search goes down as well as up) and must beat what it reached.
@@ -314,5 +326,42 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             backward += passes
             if recorder is not None and not recorder.missing():
                 moments = recorder.moments()
-    report(rounds_budget, rounds_budget, "done")
+    # Attack-aware rounds attack the contexts the denoiser reads, so they need an edit of the denoiser alone.
+    if attack_rounds and any(is_key_value(u) for u in edit_set) and len({tower(u) for u in edit_set}) == 1:
+        records += attack_aware_rounds(objective, edit_set, theta0, delta, key_value_map, config, len(records),
+                                       lambda a: report(rounds_budget + a, total, f"attack-aware round {a + 1}"))
+    report(total, total, "done")
     return GrowthResult(delta, edit_set, scores, records, backward, config, before)
+
+
+def attack_aware_rounds(objective: Objective, edit_set: list[EditUnit], theta0: Params, delta: Params,
+                        key_value_map: KeyValueMap, config: RazorConfig, first_round: int,
+                        progress: Callable[[int], None]) -> list[RoundRecord]:
+    """`config.attack_rounds` rounds that harden the key/value edit (adding to `delta` in place): each attacks the
+    current edit (`attack_contexts`), solves the map on every attack's contexts so far as well, and steps the
+    key/value units by how far that map moves past the previous one; the step size maximises forget progress under
+    this round's attack within the retain tolerance. The other units' steps stay as the growth left them."""
+    units = [u for u in edit_set if is_key_value(u)]
+    weights = sorted({s.param for u in units for s in u.slices if s.param.endswith(".weight")})
+    attacked, previous, records = [], key_value_map, []
+    for a in range(config.attack_rounds):
+        progress(a)
+        start = time.time()
+        current = add(theta0, delta)
+        attacked.append(objective.attack_contexts(current, weights))
+        solved = objective.key_value_map(attacked)
+        dirs = {u.name: solved.direction(u, current, since=previous) for u in units}
+        under_attack = objective.under_attack(attacked[-1])
+        with torch.no_grad():
+            baseline = under_attack.validate(current)
+        found = search_step(under_attack, current, units, dirs, config.drift_tolerance,
+                            start=natural_scale(units, dirs, current) or START_SCALE, baseline=baseline)
+        for name, t in step_delta(units, dirs, current, found.etas).items():
+            delta[name] = delta[name] + t if name in delta else t
+        with torch.no_grad():
+            plain = objective.validate(add(theta0, delta))
+        records.append(RoundRecord(first_round + a, [u.name for u in edit_set], [], "attack", found.scale, found.etas,
+                                   plain.forget_progress, plain.retain_drift, found.probes + 1,
+                                   time.time() - start, found.validation.forget_progress))
+        previous = solved
+    return records

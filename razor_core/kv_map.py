@@ -86,24 +86,34 @@ def concept_start(ids: list[int], words: list[bool], concept_ids: list[int]) -> 
     return None
 
 
+def _aligned_tokens(tokens: Tokens, prompt: str, length: int) -> tuple[list[int], list[bool]]:
+    ids, words = tokens(prompt)
+    if len(ids) != length:
+        raise ValueError(f"the tokenizer gives {len(ids)} positions for {prompt!r} but the context has {length}: "
+                         "this model's conditioning is not one token sequence, so the key/value map cannot "
+                         "align it; choose kv_step='gradient'")
+    return ids, words
+
+
+def concept_positions(prompts: list[str], concept: str, tokens: Tokens, length: int) -> list[int | None]:
+    """Per prompt, the context position of the concept's first token (None where the prompt does not name it)."""
+    concept_ids = [t for t, w in zip(*tokens(concept)) if w]
+    return [concept_start(*_aligned_tokens(tokens, p, length), concept_ids) if concept_ids else None
+            for p in prompts]
+
+
 def text_vectors(forget: torch.Tensor, anchor: torch.Tensor, retain: torch.Tensor, forget_prompts: list[str],
                  anchor_prompts: list[str], concept: str, tokens: Tokens) -> TextVectors:
     """From the frozen text encoder's contexts (prompts, positions, d) of the forget, anchor and retain prompts."""
     length = forget.shape[1]
-    concept_ids = [t for t, w in zip(*tokens(concept)) if w]
+    starts = concept_positions(forget_prompts, concept, tokens, length)
+    anchor_ends = [end_position(_aligned_tokens(tokens, p, length)[1]) for p in anchor_prompts]
     concept_rows, guide_rows = [], []
-    for i, (prompt, anchor_prompt) in enumerate(zip(forget_prompts, anchor_prompts)):
-        ids, words = tokens(prompt)
-        anchor_words = tokens(anchor_prompt)[1]
-        if len(ids) != length or len(anchor_words) != length:
-            raise ValueError(f"the tokenizer gives {len(ids)} positions for {prompt!r} but the context has {length}: "
-                             "this model's conditioning is not one token sequence, so the key/value map cannot "
-                             "align it; choose kv_step='gradient'")
-        start = concept_start(ids, words, concept_ids) if concept_ids else None
+    for i, (prompt, start) in enumerate(zip(forget_prompts, starts)):
         if start is None:
             continue  # a forget prompt that does not name the concept has no concept positions to map
         concept_rows.append(forget[i, start:])
-        guide_rows.append(anchor[i, guide_positions(start, end_position(words), end_position(anchor_words), length)])
+        guide_rows.append(anchor[i, guide_positions(start, end_position(tokens(prompt)[1]), anchor_ends[i], length)])
     if not concept_rows:
         raise ValueError(f"no forget prompt names the concept {concept!r} in words the tokenizer keeps: the key/value "
                          "map edits the concept's token positions, so write the concept into the forget prompts "
@@ -129,16 +139,41 @@ class KeyValueMap:
                                               v.retain.to(w.device), self.retain_scale, self.regularization)
         return self._solved[param]
 
-    def direction(self, unit: EditUnit, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The unit's rows of W' − W at `params` (zero on its biases), flattened as `unit_values` flattens."""
+    def with_rows(self, extra: TextVectors) -> "KeyValueMap":
+        """The map solved on these rows and `extra`'s concept/guide rows (the retain rows stay these)."""
+        v = self.vectors
+        return KeyValueMap(TextVectors(torch.cat([v.concept, extra.concept.to(v.concept)]),
+                                       torch.cat([v.guide, extra.guide.to(v.guide)]), v.retain),
+                           self.theta0, self.retain_scale, self.regularization)
+
+    def direction(self, unit: EditUnit, params: dict[str, torch.Tensor],
+                  since: "KeyValueMap | None" = None) -> torch.Tensor:
+        """The unit's rows of W' − W at `params` (zero on its biases), flattened as `unit_values` flattens; with
+        `since`, the rows of W' − W'_since instead: how far this map moves past an earlier one, whatever other steps
+        did to the weights meanwhile."""
         pieces = []
         for s in unit.slices:
             current = s.of(params[s.param]).float()
-            if s.param.endswith(".weight"):
-                pieces.append((s.of(self.target(s.param)) - current).reshape(-1))
-            else:
+            if not s.param.endswith(".weight"):
                 pieces.append(torch.zeros(current.numel(), dtype=torch.float32, device=current.device))
+                continue
+            start = current if since is None else s.of(since.target(s.param))
+            pieces.append((s.of(self.target(s.param)) - start).reshape(-1))
         return torch.cat(pieces)
+
+
+def reproducing_rows(rows: torch.Tensor, current: list[torch.Tensor], original: list[torch.Tensor],
+                     ridge: float = 0.01) -> torch.Tensor:
+    """What an attacker who controls the context would feed the edited projections `current` (each (out, in)) to get
+    back what the `original` ones made of `rows` (n, in): c' = argmin Σ_W ‖W c' − W⁰ c‖² + λ‖c'‖², over every
+    projection at once (one context reaches every cross-attention layer), λ = `ridge` × the mean eigenvalue of
+    Σ WᵀW. The closed-form adversary of a key/value edit (RECE's); an edit that leaves c' ≈ c has undone nothing
+    such an attacker cannot redo."""
+    gram = sum(w.double().T @ w.double() for w in current)
+    cross = sum(w.double().T @ w0.double() for w, w0 in zip(current, original))
+    lam = ridge * float(gram.diagonal().mean())
+    solve = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), cross)
+    return (rows.double() @ solve.T).to(rows.dtype)
 
 
 def is_key_value(unit: EditUnit) -> bool:

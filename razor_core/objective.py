@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -101,10 +101,20 @@ class Objective(ABC):
         record the inputs of the edited layers; None leaves steps unpreconditioned."""
         return None
 
-    def key_value_map(self) -> Any:
-        """The closed-form key/value map (`kv_map.KeyValueMap`) for the objective's key/value units; objectives
-        without cross-attention keys/values have none."""
+    def key_value_map(self, attacked: Sequence[Any] = ()) -> Any:
+        """The closed-form key/value map (`kv_map.KeyValueMap`) for the objective's key/value units, solved on the
+        contexts of `attacked` (from `attack_contexts`) too; objectives without cross-attention keys/values have
+        none."""
         raise NotImplementedError(f"{type(self).__name__} has no key/value units")
+
+    def attack_contexts(self, params: Params, weights: list[str]) -> Any:
+        """Forget-prompt conditioning that gives the key/value projections `weights` at `params` what the original
+        ones computed for the concept (attack-aware rounds); objectives with a key/value map have it."""
+        raise NotImplementedError(f"{type(self).__name__} has no contexts to attack")
+
+    def under_attack(self, contexts: Any) -> "Objective":
+        """This objective with the forget prompts conditioned by `contexts` (from `attack_contexts`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no contexts to attack")
 
     def run_retain(self, params: Params) -> None:
         """One forward pass over the retain data that reaches every candidate layer (for input statistics)."""

@@ -400,7 +400,7 @@ def test_growth_rounds_record_the_preconditioners_moments_in_the_mismatch_pass(m
 @pytest.mark.parametrize("kwargs, message", [
     ({"method": "esd"}, "method must be"), ({"max_rounds": 0}, "budgets"), ({"forget_target": 0.0}, "forget_target"),
     ({"drift_tolerance": -1.0}, "drift_tolerance"), ({"units_per_round": 0}, "budgets"),
-    ({"kv_step": "exact"}, "kv_step"),
+    ({"kv_step": "exact"}, "kv_step"), ({"attack_rounds": -1}, "attack_rounds"),
 ])
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

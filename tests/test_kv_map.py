@@ -2,7 +2,7 @@
 import torch
 
 from razor_core.kv_map import (KeyValueMap, TextVectors, closed_form, concept_start, end_position, guide_positions,
-                               natural_scale, text_vectors)
+                               natural_scale, reproducing_rows, text_vectors)
 from razor_core.units import EditUnit, Slice
 
 
@@ -69,3 +69,26 @@ def test_text_vectors_take_only_prompts_that_name_the_concept():
     assert torch.equal(v.concept, forget[0, 2:])          # from "neon" on; the second prompt lacks the concept
     assert torch.equal(v.guide, anchor[0, [3, 3, 3, 4]])  # neon, star, end -> the anchor's end (3); pad -> 4
     assert v.retain.shape == (6, 3)
+
+
+def test_the_closed_form_adversary_undoes_an_invertible_key_value_edit():
+    gen = torch.Generator().manual_seed(3)
+    originals = [torch.randn(6, 4, generator=gen) for _ in range(3)]  # three layers' key/value projections
+    rows = torch.randn(5, 4, generator=gen)
+    # An edit that mixes the inputs invertibly (what a ridge-regularised map is, near W⁰) in every layer at once:
+    mix = torch.eye(4) + 0.5 * torch.randn(4, 4, generator=gen)
+    edited = [w @ mix for w in originals]
+    attacked = reproducing_rows(rows, edited, originals, ridge=1e-9)
+    torch.testing.assert_close(attacked, rows @ torch.linalg.inv(mix).T, atol=1e-4, rtol=1e-4)
+    # An edit that differs per layer cannot be undone exactly, and the adversary is the least-squares optimum.
+    edited = [w + 0.5 * torch.randn(6, 4, generator=gen) for w in originals]
+    attacked = reproducing_rows(rows, edited, originals, ridge=1e-9)
+
+    def mismatch(c):
+        return sum(float((c @ w.T - rows @ w0.T).pow(2).sum()) for w, w0 in zip(edited, originals))
+    assert mismatch(attacked) < mismatch(rows)
+    for _ in range(5):
+        assert mismatch(attacked) <= mismatch(attacked + 1e-3 * torch.randn(5, 4, generator=gen)) + 1e-9
+    # The ridge pulls the adversary's vectors towards zero: with an untouched model they stay the rows, shrunk.
+    same = reproducing_rows(rows, originals, originals, ridge=0.01)
+    assert same.norm() < rows.norm() and torch.allclose(same, rows, atol=0.1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks.robustness import (CAST_FORMATS, FLOAT_FORMATS, attack_loss, attack_step, cast_parameters_,
-                                   cast_roundtrip, dequantize_int8, initial_prefix, markdown, prefix_context,
+                                   cast_roundtrip, dequantize_int8, initial_prefix, markdown, merge, prefix_context,
                                    quantize_int8_per_channel, sample_contexts, summarize, target_cells)
 from razor_core.minicanvas import data
 from razor_core.minicanvas.classifier import to_model_input
@@ -153,10 +153,27 @@ def test_summary_checks_razor_bars():
     summary = summarize(runs)
     assert summary["razor"]["attack_success"] == 30.0 and summary["razor"]["cast_ua_drop"]["int8"] == 1.0
     bars = summary["razor_acceptance"]
-    assert bars["paraphrase_ua >= 95"] == [97.0, True]
+    assert bars["paraphrase_ua >= 97"] == [97.0, True]
     assert bars["attack_success <= 20"] == [30.0, False]
     assert bars["cast_ua_drop[fp16] <= 1"] == [1.0, True]
     table = markdown({"summary": summary, "targets": ["style:neon"], "eval_seeds": [188],
                       "attack": {"prefix_tokens": 4, "steps": 40, "lr": 1e-3, "draws_per_step": 2}})
     assert "| razor | 100.0 | 100.0 | 97.0 | 100.0 | 100.0 | 0.0 | 30.0 | 1.0 | 1.0 | 1.0 | 1.0 |" in table
     assert "attack_success <= 20: 30.0 (NOT met)" in table
+
+
+def _batch(targets: list[str], **settings) -> dict:
+    runs = {"razor": [{**_fake_run("razor", 100.0, 10.0 * i, 0.0), "target": t} for i, t in enumerate(targets)]}
+    return {"machine": "2 threads", "eval_seeds": [188], "attack": {"steps": 40}, "blocks": "denoiser",
+            "cast_grid": False, "targets": targets, "seconds": 5.0, "runs": runs, **settings}
+
+
+def test_batches_of_targets_merge_into_one_result():
+    merged = merge([_batch(["style:neon", "style:brick"]), _batch(["object:star"])])
+    assert merged["targets"] == ["style:neon", "style:brick", "object:star"] and merged["seconds"] == 10.0
+    assert [r["target"] for r in merged["runs"]["razor"]] == merged["targets"]
+    assert merged["summary"]["razor"]["attack_success"] == pytest.approx(10.0 / 3)  # (0 + 10 + 0) / 3
+    with pytest.raises(ValueError, match="other settings"):
+        merge([_batch(["style:neon"]), _batch(["object:star"], attack={"steps": 200})])
+    with pytest.raises(ValueError, match="two batches"):
+        merge([_batch(["style:neon"]), _batch(["style:neon"])])

@@ -1,4 +1,6 @@
 """RAZOR on the bundled MiniCanvas models: the step direction, untouched units, exact edit files, real forgetting."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -116,6 +118,29 @@ def test_the_closed_form_key_value_step_forgets_within_the_retain_tolerance(diff
     assert after.retain_drift < 0.05, after
     edited = {k for u in units for k in u.params}
     assert all(".attn2.to_k." in k or ".attn2.to_v." in k for k in edited)
+
+
+def test_an_attack_aware_round_hardens_the_key_value_edit_against_the_context_adversary():
+    pipe = pipeline.load_pipeline()
+    objective = DiffusionObjective(MiniCanvasDiffusion(pipe, "heads", "denoiser"), unlearn.forget_set_for("object", 3),
+                                   DiffusionSettings(seed=1))
+    config = growth.RazorConfig(max_rounds=1, attack_rounds=1)
+    grown = growth.run(objective, replace(config, attack_rounds=0))  # the closed-form round alone
+    theta0 = objective.base_params()
+    units = [u for u in grown.units if u.kind == "kv_head"]
+    weights = sorted({s.param for u in units for s in u.slices if s.param.endswith(".weight")})
+    edited = add(theta0, grown.delta)
+    with torch.no_grad():
+        plain = objective.validate(edited)
+        attacked = objective.under_attack(objective.attack_contexts(edited, weights)).validate(edited)
+    # The adversary that sets the context undoes the key/value map: the concept's predictions come back.
+    assert plain.forget_progress > 0.5 and attacked.forget_progress < 0.1, (plain, attacked)
+    delta = dict(grown.delta)
+    (record,) = growth.attack_aware_rounds(objective, grown.units, theta0, delta, objective.key_value_map(), config,
+                                           1, lambda _: None)
+    assert record.step == "attack" and record.attacked_progress > attacked.forget_progress + 0.2, record
+    assert record.retain_drift <= config.drift_tolerance and record.forget_progress > 0.5, record
+    assert all(".attn2.to_k." in k or ".attn2.to_v." in k for k in delta)  # only the key/value projections moved
 
 
 def test_end_to_end_unlearning_forgets_the_style_in_the_denoiser_and_keeps_the_rest():

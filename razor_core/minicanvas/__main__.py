@@ -3,7 +3,7 @@
     .venv/bin/python -m razor_core.minicanvas check --json OUT.json   evaluate the bundled models
     .venv/bin/python -m razor_core.minicanvas grid --out grid.png      sample the styles x objects grid
     .venv/bin/python -m razor_core.minicanvas unlearn --target style:neon [--family diffusion|clip]
-        [--method razor|slug] [--blocks denoiser|text_encoder|all] [--seed N] --json OUT.json
+        [--method razor|slug] [--blocks denoiser|text_encoder|all] [--attack-rounds N] [--seed N] --json OUT.json
                                                                          forget one concept and measure it
     .venv/bin/python -m razor_core.minicanvas unlearn --list-targets
 """
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     p_unlearn.add_argument("--blocks", choices=("denoiser", "text_encoder", "all"), default="denoiser",
                            help="diffusion: which towers' units are candidates (default: the denoiser, so the edit "
                                 "lives in the MODEL); the JSON's *_model_only metrics apply only the denoiser's part")
+    p_unlearn.add_argument("--attack-rounds", type=int, default=0,
+                           help="diffusion, RAZOR: attack-aware rounds after the growth (default 0; they harden the "
+                                "key/value edit against context attacks at some cost in retention, docs/denoiser.md)")
     p_unlearn.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p_unlearn.add_argument("--list-targets", action="store_true", help="print the concept names and exit")
     args = parser.parse_args(argv)
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.target:
                 parser.error("unlearn needs --target (or --list-targets)")
             if args.family == "diffusion":
+                config = unlearn.growth.RazorConfig(method=args.method, attack_rounds=args.attack_rounds)
                 result = unlearn.unlearn_diffusion(args.target, method=args.method, seed=args.seed,
-                                                   blocks=args.blocks)
+                                                   blocks=args.blocks, config=config)
             else:
                 result = unlearn.unlearn_clip(args.target, method=args.method, seed=args.seed)
             print(json.dumps({k: v for k, v in result.items() if k != "round_log"}, indent=1))

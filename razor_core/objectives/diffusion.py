@@ -13,15 +13,16 @@ Validation uses other images, noise and timesteps than the gradients.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+import copy
+from dataclasses import dataclass, is_dataclass, replace
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from ..batching import halve, retry_smaller
 from ..forget_set import ForgetSet
-from ..kv_map import KeyValueMap, text_vectors
+from ..kv_map import KeyValueMap, concept_positions, reproducing_rows, text_vectors
 from ..objective import Objective, Params, Validation, require_finite
 from ..units import EditUnit
 
@@ -204,17 +205,50 @@ class DiffusionObjective(Objective):
     def module_root(self) -> nn.Module | None:
         return self.model.params_root()
 
-    def key_value_map(self) -> KeyValueMap:
+    def key_value_map(self, attacked: Sequence[Any] = ()) -> KeyValueMap:
         """The closed-form map of the concept's cross-attention keys/values onto the anchor's, solved on the frozen
-        text encoder's contexts (built on first use)."""
+        text encoder's contexts (built on first use); with `attacked` (forget-prompt contexts from
+        `attack_contexts`), solved on their concept positions too, each aligned to the anchor as its prompt is."""
+        fs = self.forget_set
+        n_f = len(fs.forget_prompts)
+        context = _tensor(self._context0)
         if self._key_value_map is None:
-            fs = self.forget_set
-            n_f = len(fs.forget_prompts)
-            context = getattr(self._context0, "context", self._context0)  # an adapter's conditioning or a tensor
             vectors = text_vectors(context[:n_f], context[n_f:2 * n_f], context[2 * n_f:], list(fs.forget_prompts),
                                    list(fs.anchor_prompts), fs.concept, self.model.tokens)
             self._key_value_map = KeyValueMap(vectors, self._theta0)
-        return self._key_value_map
+        solved = self._key_value_map
+        for contexts in attacked:
+            solved = solved.with_rows(text_vectors(_tensor(contexts), context[n_f:2 * n_f], context[2 * n_f:],
+                                                   list(fs.forget_prompts), list(fs.anchor_prompts), fs.concept,
+                                                   self.model.tokens))
+        return solved
+
+    def attack_contexts(self, params: Params, weights: list[str]) -> Any:
+        """The forget prompts' contexts with every concept position replaced by what the closed-form adversary
+        (`kv_map.reproducing_rows`) feeds the key/value projections `weights` at `params` to get back the original
+        model's keys/values: an attack in context space, where every conditioning path (soft tokens, another text
+        encoder, an image prompt) meets the denoiser."""
+        fs = self.forget_set
+        n_f = len(fs.forget_prompts)
+        clean = self._context0[:n_f]
+        tensor = _tensor(clean).clone()
+        current = [params[k] for k in weights]
+        original = [self._theta0[k] for k in weights]
+        for i, start in enumerate(concept_positions(list(fs.forget_prompts), fs.concept, self.model.tokens,
+                                                    tensor.shape[1])):
+            if start is not None:
+                tensor[i, start:] = reproducing_rows(tensor[i, start:], current, original)
+        return _with_tensor(clean, tensor)
+
+    def under_attack(self, contexts: Any) -> "DiffusionObjective":
+        """This objective with the forget prompts conditioned by `contexts` (from `attack_contexts`): its validation
+        measures forget progress under that attack. It shares every tensor with this one."""
+        attacked = copy.copy(self)
+        n_f = len(self.forget_set.forget_prompts)
+        rest = self._context0[n_f:]
+        attacked._context0 = (type(rest).cat([contexts, rest]) if hasattr(rest, "cat")
+                              else torch.cat([contexts, rest]))
+        return attacked
 
     def run_retain(self, params: Params) -> None:
         # The text encoder on the retain prompts explicitly: below, untouched text weights reuse cached contexts.
@@ -234,6 +268,16 @@ class DiffusionObjective(Objective):
             r = self._predict(params, self.retain_val.x, self.retain_val.t, self.retain_val.prompt, "validation_batch")
             return float((r - self.retain_val.frozen).pow(2).mean()) / self.gap_val
         return progress, drift
+
+
+def _tensor(conditioning: Any) -> torch.Tensor:
+    """The token sequence of an adapter's conditioning (the conditioning itself when it is a tensor)."""
+    return getattr(conditioning, "context", conditioning)
+
+
+def _with_tensor(conditioning: Any, tensor: torch.Tensor) -> Any:
+    """`conditioning` with its token sequence replaced (an adapter's dataclass, or the tensor itself)."""
+    return replace(conditioning, context=tensor) if is_dataclass(conditioning) else tensor
 
 
 def _take(split: _Split, idx: torch.Tensor) -> _Split:
