@@ -122,6 +122,8 @@ def test_compare_summary_means_cells_and_ratios():
                 "edit_bytes": edit_bytes, "backward_passes": 1}
 
     runs = {"razor": [run("style:a", 100, 90, 80, 10, 1100, 50), run("object:b", 80, 90, 100, 30, 1300, 150)],
+            "razor_text_encoder": [run("style:a", 100, 90, 80, 8, 1100, 50), run("object:b", 80, 90, 100, 12, 1300, 150),
+                                   run("object:c", 80, 90, 100, 40, 1300, 150)],
             "esd": [run("style:a", 50, 50, 50, 2000, 2000, 500), run("object:b", 50, 50, 50, 2000, 2000, 500)]}
     summary = summarize(runs, {"peak_rss_mb": 1000.0}, weights_bytes=10_000)
     assert summary["razor"]["style_ua"] == 100 and summary["razor"]["object_cra"] == 100
@@ -129,3 +131,5 @@ def test_compare_summary_means_cells_and_ratios():
     assert summary["ratios"]["razor_seconds / esd_seconds"] == pytest.approx(20 / 2000)
     assert summary["ratios"]["razor_peak / inference_peak"] == pytest.approx(1.2)
     assert summary["ratios"]["razor_edit_bytes / model_bytes"] == pytest.approx(100 / 10_000)
+    # medians: razor (10, 30) -> 20; the text-encoder edit (8, 12, 40) -> 12
+    assert summary["ratios"]["razor_median_seconds / razor_text_encoder_median_seconds"] == pytest.approx(20 / 12)
