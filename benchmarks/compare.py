@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from benchmarks.common import run_in_child, save_figure
+from benchmarks.common import chosen, run_in_child, save_figure
 from razor_core.minicanvas import evaluate, text, unlearn
 from razor_core.minicanvas.pipeline import load_classifier, load_pipeline
 from razor_core.minicanvas.store import atomic_write_bytes
@@ -190,10 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.json is None:
         parser.error("--json OUT.json is required")
-    methods = args.methods.split(",")
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    methods = chosen(parser, args.methods, METHODS)
     targets = args.targets.split(",") if args.targets else list(QUICK_TARGETS if args.quick else
                                                                 unlearn.list_targets())
     seed_arg = ["--eval-seeds", ",".join(map(str, seeds))]

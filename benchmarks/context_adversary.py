@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import chosen
 from benchmarks.denoiser_ablation import TUNING_TARGETS
 from benchmarks.uce import uce_edit
 from razor_core import growth
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    methods = args.methods.split(",")
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {','.join(METHODS)}")
+    methods = chosen(parser, args.methods, METHODS)
     rows = [row for target in args.targets.split(",") for row in measure(target, methods)]
     atomic_write_bytes(args.json, (json.dumps({"rows": rows}, indent=1) + "\n").encode())
     lines = ["| method | target | forget progress | under the context adversary | retain drift |",

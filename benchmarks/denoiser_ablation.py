@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.common import chosen
 from razor_core.growth import RazorConfig
 from razor_core.minicanvas import unlearn
 from razor_core.minicanvas.store import atomic_write_bytes
@@ -46,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-seeds", default="188,288")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    variants = args.variants.split(",")
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s) {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+    variants = chosen(parser, args.variants, VARIANTS, "variant")
     seeds = tuple(int(s) for s in args.eval_seeds.split(","))
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for target in args.targets.split(","):

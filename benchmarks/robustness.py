@@ -69,7 +69,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import run_in_child, save_figure
+from benchmarks.common import chosen, run_in_child, save_figure
 from razor_core import growth
 from razor_core.adapters.minicanvas import MiniCanvasDiffusion
 from razor_core.minicanvas import data, evaluate, text, unlearn
@@ -573,10 +573,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(exc))
         _write(results, args.json, args.plot)
         return
-    methods = args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else FULL_METHODS)
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    methods = chosen(parser, args.methods or ",".join(QUICK_METHODS if args.quick else FULL_METHODS), METHODS)
     targets = args.targets.split(",") if args.targets else list(QUICK_TARGETS if args.quick else
                                                                 unlearn.list_targets())
     for target in targets:
