@@ -18,6 +18,10 @@ Which text vectors (the choice of UCE's 2023 reference code, for prompts that na
   anchor's end token (its causal summary), the k-th padding position to the anchor's k-th (clamped to the context).
 - c_p: every position of every retain prompt, the empty prompt included (classifier-free guidance uses it).
 Biases stay: they are shared by every token, retain ones included, so they cannot single out the concept.
+
+An attacker who sets the context (a soft prompt, another text encoder) can look for the c' that makes the edited
+projections give what the original ones gave for the concept (`reproducing_rows`): W' stays close to invertible, so
+such contexts exist. Attack-aware rounds (growth.py) add them to the rows the map is solved on.
 """
 from __future__ import annotations
 
@@ -167,8 +171,8 @@ def reproducing_rows(rows: torch.Tensor, current: list[torch.Tensor], original: 
     """What an attacker who controls the context would feed the edited projections `current` (each (out, in)) to get
     back what the `original` ones made of `rows` (n, in): c' = argmin Σ_W ‖W c' − W⁰ c‖² + λ‖c'‖², over every
     projection at once (one context reaches every cross-attention layer), λ = `ridge` × the mean eigenvalue of
-    Σ WᵀW. The closed-form adversary of a key/value edit (RECE's); an edit that leaves c' ≈ c has undone nothing
-    such an attacker cannot redo."""
+    Σ WᵀW. The closed-form adversary of a key/value edit (RECE's attack): the ridge keeps c' near the scale of real
+    contexts."""
     gram = sum(w.double().T @ w.double() for w in current)
     cross = sum(w.double().T @ w0.double() for w, w0 in zip(current, original))
     lam = ridge * float(gram.diagonal().mean())
