@@ -31,7 +31,7 @@ from benchmarks.denoiser_ablation import TUNING_TARGETS
 from benchmarks.uce import uce_edit
 from razor_core import growth
 from razor_core.adapters.minicanvas import MiniCanvasDiffusion
-from razor_core.kv_map import is_key_value
+from razor_core.kv_map import key_value_weights
 from razor_core.minicanvas import unlearn
 from razor_core.minicanvas.pipeline import load_pipeline
 from razor_core.minicanvas.store import atomic_write_bytes
@@ -48,8 +48,7 @@ def measure(target: str, methods: list[str]) -> list[dict]:
     forget_set = unlearn.forget_set_for(domain, index)
     objective = DiffusionObjective(MiniCanvasDiffusion(pipe, blocks="denoiser"), forget_set, DiffusionSettings(seed=0))
     theta0 = objective.base_params()
-    key_values = sorted({s.param for u in objective.units() if is_key_value(u) for s in u.slices
-                         if s.param.endswith(".weight")})
+    key_values = key_value_weights(objective.units())
     deltas = {}
     if {"razor", "razor_kv"} & set(methods):
         deltas["razor"] = growth.run(objective, growth.RazorConfig()).delta

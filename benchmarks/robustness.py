@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {"machine": f"{torch.get_num_threads()} threads", "targets": targets, "eval_seeds": list(seeds),
                "attack": {"prefix_tokens": attack.tokens, "steps": attack.steps, "lr": attack.lr,
                           "restarts": attack.restarts, "draws_per_step": ATTACK_DRAWS},
-               "blocks": args.blocks, "attack_rounds": args.attack_rounds, "cast_grid": cast_grid, "seconds": round(time.time() - start, 1), "runs": runs}
+               "blocks": args.blocks, "attack_rounds": args.attack_rounds, "cast_grid": cast_grid,
+               "seconds": round(time.time() - start, 1), "runs": runs}
     results["summary"] = summarize(runs)
     _write(results, args.json, args.plot)
 

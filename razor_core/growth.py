@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 
 from .gradients import Gradients, compute_gradients, mismatch_gradients
-from .kv_map import KeyValueMap, is_key_value, natural_scale
+from .kv_map import KeyValueMap, is_key_value, key_value_weights, natural_scale
 from .objective import Objective, Params, Validation, require_finite
 from .preconditioner import InputMoments, precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
-from .update import (START_SCALE, StepSearch, StepWeights, add, directions, refine_units, search_step,
-                     step_delta)
+from .update import (START_SCALE, StepSearch, StepWeights, accumulate, add, directions, refine_units,
+                     search_step, step_delta)
 from .units import EditUnit
 
 STALL = 0.01  # a round that improves forget progress by less than this ends the growth
@@ -280,9 +280,7 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, search.bisect().result(),
                              added or [u.name for u in edit_set])
         reached = found.validation  # what the next round's step must improve on
-        step = step_delta(edit_set, dirs, current, found.etas)
-        for name, t in step.items():
-            delta[name] = delta[name] + t if name in delta else t
+        accumulate(delta, step_delta(edit_set, dirs, current, found.etas))
         records.append(RoundRecord(r, [u.name for u in edit_set], added, "closed_form" if closed else "gradient",
                                    found.scale, found.etas,
                                    found.validation.forget_progress, found.validation.retain_drift,
@@ -342,7 +340,7 @@ def attack_aware_rounds(objective: Objective, edit_set: list[EditUnit], theta0: 
     key/value units by how far that map moves past the previous one; the step size maximises forget progress under
     this round's attack within the retain tolerance. The other units' steps stay as the growth left them."""
     units = [u for u in edit_set if is_key_value(u)]
-    weights = sorted({s.param for u in units for s in u.slices if s.param.endswith(".weight")})
+    weights = key_value_weights(units)
     attacked, previous, records = [], key_value_map, []
     for a in range(config.attack_rounds):
         progress(a)
@@ -356,8 +354,7 @@ def attack_aware_rounds(objective: Objective, edit_set: list[EditUnit], theta0: 
             baseline = under_attack.validate(current)
         found = search_step(under_attack, current, units, dirs, config.drift_tolerance,
                             start=natural_scale(units, dirs, current) or START_SCALE, baseline=baseline)
-        for name, t in step_delta(units, dirs, current, found.etas).items():
-            delta[name] = delta[name] + t if name in delta else t
+        accumulate(delta, step_delta(units, dirs, current, found.etas))
         with torch.no_grad():
             plain = objective.validate(add(theta0, delta))
         records.append(RoundRecord(first_round + a, [u.name for u in edit_set], [], "attack", found.scale, found.etas,

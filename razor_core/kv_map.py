@@ -184,6 +184,11 @@ def is_key_value(unit: EditUnit) -> bool:
     return unit.kind in ("kv", "kv_head")
 
 
+def key_value_weights(units: list[EditUnit]) -> list[str]:
+    """The key/value projection weights that `units`' key/value units touch (what the adversary attacks)."""
+    return sorted({s.param for u in units if is_key_value(u) for s in u.slices if s.param.endswith(".weight")})
+
+
 def natural_scale(units: list[EditUnit], dirs: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> float:
     """The step search's scale s (η = s·‖θ_K‖/‖d_K‖) at which η = 1, i.e. the closed-form solution itself (0 for
     all-zero weights, where no scale means that)."""

@@ -80,9 +80,14 @@ def step_delta(units: list[EditUnit], dirs: dict[str, torch.Tensor], params: Par
     """Δ for every touched parameter: η_u · d_u scattered into full-shape tensors."""
     delta: Params = {}
     for unit in units:
-        for name, t in scatter_unit(unit, etas[unit.name] * dirs[unit.name], params).items():
-            delta[name] = delta[name] + t if name in delta else t
+        accumulate(delta, scatter_unit(unit, etas[unit.name] * dirs[unit.name], params))
     return delta
+
+
+def accumulate(total: Params, step: Params) -> None:
+    """Add `step` into `total` in place (a parameter `total` lacks starts as the step)."""
+    for name, t in step.items():
+        total[name] = total[name] + t if name in total else t
 
 
 def add(params: Params, delta: Params) -> Params:

@@ -7,6 +7,7 @@ import torch
 from razor_core import growth
 from razor_core.adapters.minicanvas import MiniCanvasClip, MiniCanvasDiffusion
 from razor_core.edit import RazorEdit
+from razor_core.kv_map import key_value_weights
 from razor_core.gradients import compute_gradients
 from razor_core.objectives.clip import ClipObjective
 from razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
@@ -127,8 +128,7 @@ def test_an_attack_aware_round_hardens_the_key_value_edit_against_the_context_ad
     config = growth.RazorConfig(max_rounds=1, attack_rounds=1)
     grown = growth.run(objective, replace(config, attack_rounds=0))  # the closed-form round alone
     theta0 = objective.base_params()
-    units = [u for u in grown.units if u.kind == "kv_head"]
-    weights = sorted({s.param for u in units for s in u.slices if s.param.endswith(".weight")})
+    weights = key_value_weights(grown.units)
     edited = add(theta0, grown.delta)
     with torch.no_grad():
         plain = objective.validate(edited)
