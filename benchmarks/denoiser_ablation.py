@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.denoiser_ablation --json out/denoiser_ablation.json
         [--targets style:neon,style:brick,object:star,object:cross] [--variants ...] [--eval-seeds 188,288]
+        [--drift-tolerance 0.02]
 
 Variants, each adding one choice to the one before (RazorConfig fields in brackets):
 - text_encoder: the text encoder's units only, one unit per growth round (the edit the pack made before its edits
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.common import chosen
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default=",".join(TUNING_TARGETS))
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--eval-seeds", default="188,288")
+    parser.add_argument("--drift-tolerance", type=float, default=None,
+                        help="every variant's retain drift tolerance (default: RazorConfig's)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     variants = chosen(parser, args.variants, VARIANTS, "variant")
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     for target in args.targets.split(","):
         for name in variants:
             blocks, config = VARIANTS[name]
+            if args.drift_tolerance is not None:
+                config = replace(config, drift_tolerance=args.drift_tolerance)
             r = unlearn.unlearn_diffusion(target, blocks=blocks, config=config, eval_seeds=seeds)
             r.pop("round_log", None)
             runs[name].append(r)
