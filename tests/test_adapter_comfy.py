@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
+from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning, UnsupportedModelError
 from razor_core.gradients import ordinary_alias
 from razor_core.minicanvas.denoiser import MiniDiT
 
@@ -14,8 +15,20 @@ CONFIG = {"image_size": 8, "patch_size": 4, "width": 32, "depth": 2, "heads": 2,
           "refine_channels": 4}
 
 
+class FakeCond:
+    """ComfyUI's CONDRegular as the adapter uses it: `process_cond` (one prompt per sample already) and `cond`."""
+
+    def __init__(self, cond: torch.Tensor):
+        self.cond = cond
+
+    def process_cond(self, batch_size: int, area: None) -> "FakeCond":
+        assert self.cond.shape[0] == batch_size and area is None
+        return self
+
+
 class FakeBase:
-    """The parts of ComfyUI's BaseModel the adapter calls: apply_model on (x, σ, context), σ = 1 − percent."""
+    """The parts of ComfyUI's BaseModel the adapter calls: extra_conds (the context as `c_crossattn`), apply_model
+    on (x, σ, context), σ = 1 − percent."""
     manual_cast_dtype = None
 
     def __init__(self, denoiser: MiniDiT):
@@ -24,6 +37,9 @@ class FakeBase:
 
     def get_dtype(self) -> torch.dtype:
         return torch.float32
+
+    def extra_conds(self, cross_attn: torch.Tensor, **_) -> dict[str, FakeCond]:
+        return {"c_crossattn": FakeCond(cross_attn)}
 
     def apply_model(self, x: torch.Tensor, sigma: torch.Tensor, c_crossattn: torch.Tensor) -> torch.Tensor:
         return self.diffusion_model(x, sigma * 1000, c_crossattn)
@@ -86,3 +102,25 @@ def test_an_alias_is_a_view_of_the_same_memory_and_a_subclass_keeps_its_type():
     assert alias.stride() == column_view.stride() and torch.equal(alias, column_view)
     copy = ordinary_alias(quantised)  # an alias would be a plain tensor over the encoded bytes
     assert type(copy) is QuantisedWeight and not copy.is_inference() and torch.equal(copy, quantised)
+
+
+def test_text_conditioning_batches_the_encoders_extra_outputs_and_refuses_unequal_lengths():
+    """An LLM encoder's attention mask travels with its prompt through `cat` and indexing, as the context does."""
+    first = TextConditioning(torch.zeros(1, 4, 8), torch.zeros(1, 8), {"attention_mask": torch.ones(1, 4)})
+    second = TextConditioning(torch.ones(1, 4, 8), torch.ones(1, 8), {"attention_mask": torch.zeros(1, 4)})
+    both = TextConditioning.cat([first, second])
+    assert both.context.shape == (2, 4, 8) and both.pooled.shape == (2, 8)
+    picked = both[torch.tensor([1])]
+    assert torch.equal(picked.context, second.context) and torch.equal(picked.extras["attention_mask"],
+                                                                       second.extras["attention_mask"])
+    longer = TextConditioning(torch.zeros(1, 6, 8), torch.zeros(1, 8), {"attention_mask": torch.ones(1, 6)})
+    with pytest.raises(ValueError, match=r"different lengths \(\[4, 6\] tokens\)"):
+        TextConditioning.cat([first, longer])
+
+
+def test_a_model_with_nothing_to_edit_is_refused_when_the_adapter_is_made():
+    """Fail fast: the node makes the adapter before it generates any image."""
+    base = FakeBase(_denoiser())
+    base.diffusion_model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(UnsupportedModelError, match="no units to edit in this Sequential with blocks='denoiser'"):
+        ComfyDiffusion(SimpleNamespace(model=base), None, sampler=None, blocks="denoiser")

@@ -14,18 +14,20 @@ keeps the weights it was made for alive; a model patched in place gets its own p
 before every use.
 
 Predictions are ComfyUI's denoised estimates (`BaseModel.apply_model`), which works the same for ε-, v- and
-flow-models; timesteps t ∈ (0, 1) map to the model's own σ through its `model_sampling`.
+flow-models; timesteps t ∈ (0, 1) map to the model's own σ through its `model_sampling`. The model's inputs come
+from the sampler's own path: the model's `extra_conds` turns the text encoder's outputs (context, pooled vector,
+attention mask, ...) into its family's inputs, so guidance defaults, size embeddings and token counts are the ones
+the sampler gives.
 
 Families: UNets with ComfyUI's CrossAttention (SD1.x/2.x, SDXL: `to_q`/`to_k`/`to_v`/`to_out.0`), MMDiT (SD3/3.5:
 joint attention with one fused `qkv` and a `proj` per stream; a head is its three row blocks of `qkv` plus its
 columns of `proj`), and the MiniCanvas DiT. Text towers: ComfyUI's CLIP encoders (`clip_l`, `clip_g`); T5 is not a
-candidate (its attention has another layout) but still encodes. Models that take a pooled text vector (`y`: SD3,
-SDXL) get it from the same encoder pass, through the model's own `encode_adm`.
+candidate (its attention has another layout) but still encodes.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -55,20 +57,32 @@ class UnsupportedModelError(TypeError):
 
 @dataclass(frozen=True)
 class TextConditioning:
-    """The text encoder's output for a batch of prompts: the token sequence (cross-attention / joint-attention
-    context) and the pooled vector (None where the encoder gives none). Indexing selects prompts from both, as the
-    objective does with a plain context tensor."""
+    """The text encoder's output for a batch of prompts, as `CLIP.encode_from_tokens(return_dict=True)` gives it for
+    one: the token sequence (cross-attention / joint-attention context), the pooled vector (None where the encoder
+    gives none) and the encoder's other outputs (`extras`, e.g. an LLM encoder's attention mask), one row per
+    prompt. Indexing selects prompts from each, as the objective does with a plain context tensor."""
     context: torch.Tensor
     pooled: torch.Tensor | None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, index: Any) -> "TextConditioning":
-        return TextConditioning(self.context[index], None if self.pooled is None else self.pooled[index])
+        return TextConditioning(self.context[index], None if self.pooled is None else self.pooled[index],
+                                {k: v[index] for k, v in self.extras.items()})
 
     @staticmethod
     def cat(parts: list["TextConditioning"]) -> "TextConditioning":
+        lengths = {p.context.shape[1] for p in parts}
+        if len(lengths) > 1:
+            raise ValueError(f"the text encoder gave contexts of different lengths ({sorted(lengths)} tokens) for "
+                             "the forget, anchor and retain prompts; RAZOR batches prompts and needs one length: "
+                             "use prompts of similar length, or a text encoder that pads to a fixed length")
         pooled = [p.pooled for p in parts]
+        keys = set(parts[0].extras)
+        if any(set(p.extras) != keys for p in parts):
+            raise ValueError("the text encoder gave different outputs for different prompts; cannot batch them")
         return TextConditioning(torch.cat([p.context for p in parts]),
-                                None if any(p is None for p in pooled) else torch.cat(pooled))
+                                None if any(p is None for p in pooled) else torch.cat(pooled),
+                                {k: torch.cat([p.extras[k] for p in parts]) for k in keys})
 
 
 def _out_of_place_forward(layer: nn.Module):
@@ -118,6 +132,11 @@ class ComfyDiffusion(UnitModel):
         self._weights = {k: ordinary_alias(v) for k, v in self.named_parameters()}  # see the module doc
         self._owners = {k: self.get_submodule(k.rsplit(".", 1)[0]) for k in self._weights}
         self._theta0: dict[str, torch.Tensor] = {}
+        if not self.units():  # before the node generates a single image
+            other = "" if blocks == "all" else f", or try blocks='all'"
+            raise UnsupportedModelError(
+                f"RAZOR finds no units to edit in this {type(base.diffusion_model).__name__} with blocks={blocks!r}: "
+                f"its attention/MLP layout is not one it knows yet{other}")
 
     @property
     def device(self) -> torch.device:
@@ -160,15 +179,20 @@ class ComfyDiffusion(UnitModel):
     def forward(self, op: str, *args: Any) -> torch.Tensor:
         """Dispatch for `functional_call` (it can only call `forward`)."""
         if op == "predict":
-            x, sigma, context, pooled = args
-            base = self._base[0]
-            # The model's own mapping of the pooled vector to its `y` input (None for models without one, e.g.
-            # SD1.5); SDXL also folds in the image size, here the latent's (x8, the SD VAE's scale).
-            adm = None if pooled is None else base.encode_adm(pooled_output=pooled, width=x.shape[-1] * 8,
-                                                                 height=x.shape[-2] * 8, device=x.device)
-            return base.apply_model(x, sigma, c_crossattn=context, **({} if adm is None else {"y": adm}))
+            x, sigma, conditioning = args
+            return self._base[0].apply_model(x, sigma, **self._model_inputs(x, conditioning))
         tokens, = args
         return self._clip[0].cond_stage_model.encode_token_weights(tokens)
+
+    def _model_inputs(self, x: torch.Tensor, conditioning: TextConditioning) -> dict[str, Any]:
+        """The keyword inputs of `apply_model` for a batch, built as the sampler builds them (`encode_model_conds`,
+        then each cond's `process_cond`): the model's own `extra_conds` maps the encoder's outputs to what its
+        family takes (a pooled vector's `y` with SDXL's size embedding, Flux's default guidance, an LLM encoder's
+        token count, ...). The size is the latent's ×8, the default the sampler gives."""
+        conds = self._base[0].extra_conds(
+            cross_attn=conditioning.context, pooled_output=conditioning.pooled, **conditioning.extras,
+            device=x.device, noise=x, width=x.shape[-1] * 8, height=x.shape[-2] * 8, prompt_type="positive")
+        return {k: c.process_cond(batch_size=x.shape[0], area=None).cond for k, c in conds.items()}
 
     def _as_module_dtype(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """A candidate parameter in the dtype its layer computes with. ComfyUI's manual-cast layers (its text
@@ -195,9 +219,11 @@ class ComfyDiffusion(UnitModel):
         parts = []
         with out_of_place_clip_layers(self):
             for p in prompts:
-                context, pooled = self._call(params, "encode", clip.tokenize(p))[:2]
+                context, pooled, *rest = self._call(params, "encode", clip.tokenize(p))
+                extras = {k: v.to(self.device) for k, v in (rest[0] if rest else {}).items()
+                          if isinstance(v, torch.Tensor)}
                 parts.append(TextConditioning(context.to(self.device),
-                                              None if pooled is None else pooled.to(self.device)))
+                                              None if pooled is None else pooled.to(self.device), extras))
         return TextConditioning.cat(parts)
 
     def tokens(self, prompt: str) -> tuple[list[int], list[bool]]:
@@ -217,7 +243,7 @@ class ComfyDiffusion(UnitModel):
         return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(v))) for v in t], device=self.device)
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: TextConditioning) -> torch.Tensor:
-        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context.context, context.pooled)
+        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(t)
