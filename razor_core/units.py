@@ -4,7 +4,8 @@ A unit is a set of parameter slices that are scored and stepped together:
 - a *head* of an attention module: rows h*d_h:(h+1)*d_h of the q, k and v weights and biases, and the same columns
   of the output projection (its bias is shared by all heads, so no head owns it); for a fused qkv weight, the
   three row blocks;
-- a *layer*: one attention module's projections, or one MLP linear (weight and bias);
+- a *layer*: one attention module's projections, or one MLP linear (weight and bias), or the MLP part of a block
+  whose attention and MLP share fused input and output projections (Flux's single-stream blocks);
 - a *key/value* unit of a cross-attention module (where the text enters the denoiser): one head's rows of the key
   and value projections (kind "kv_head"), or the whole key and value projections (kind "kv"). Their query and output
   projections act on image tokens for every prompt alike, so they are not the text's path and not candidates.
@@ -121,6 +122,38 @@ def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "", hea
                     slices += _linear_slices(getattr(attn, name), _join(base, name), 0, h * d_h, d_h, True)
             slices += _linear_slices(out_mod, _join(base, out_name), 1, h * d_h, d_h, False)
             units.append(EditUnit(_join(base, f"head{h}"), "head", tuple(slices)))
+    return units
+
+
+def parallel_block_units(model: nn.Module, prefix: str = "", heads: bool = True) -> list[EditUnit]:
+    """Blocks that run attention and MLP side by side from one fused input projection (Flux/Chroma single-stream
+    blocks: `linear1` holds the q, k and v row blocks and then the MLP's input rows, `linear2` takes the attention
+    output's columns and then the MLP's). Per head (heads=True): its rows of q, k and v in `linear1` and its columns
+    of `linear2`; otherwise the attention part as one unit. The MLP part is one layer unit either way."""
+    units = []
+    for mod_name, block in model.named_modules():
+        if not all(hasattr(block, a) for a in ("linear1", "linear2", "num_heads", "hidden_size")):
+            continue
+        base = f"{prefix}{mod_name}".rstrip(".")
+        fused_in, fused_out = block.linear1, block.linear2
+        into, out_of = _join(base, "linear1"), _join(base, "linear2")
+        width = int(block.hidden_size)
+        d_h = width // int(block.num_heads)
+        if heads:
+            for h in range(int(block.num_heads)):
+                slices = []
+                for offset in (0, width, 2 * width):
+                    slices += _linear_slices(fused_in, into, 0, offset + h * d_h, d_h, True)
+                slices += _linear_slices(fused_out, out_of, 1, h * d_h, d_h, False)
+                units.append(EditUnit(_join(base, f"head{h}"), "head", tuple(slices)))
+        else:
+            units.append(EditUnit(_join(base, "attention"), "attention", tuple(
+                _linear_slices(fused_in, into, 0, 0, 3 * width, True)
+                + _linear_slices(fused_out, out_of, 1, 0, width, False))))
+        mlp_in, mlp_hidden = fused_in.weight.shape[0] - 3 * width, fused_out.weight.shape[1] - width
+        units.append(EditUnit(_join(base, "mlp"), "mlp", tuple(
+            _linear_slices(fused_in, into, 0, 3 * width, mlp_in, True)
+            + _linear_slices(fused_out, out_of, 1, width, mlp_hidden, False))))
     return units
 
 

@@ -37,14 +37,15 @@ from torch.func import functional_call
 from ..edit import fingerprint
 from ..gradients import ordinary_alias
 from ..objective import Params
-from ..units import COMFY_STYLE, AttentionSpec, EditUnit
+from ..units import COMFY_STYLE, AttentionSpec, EditUnit, parallel_block_units
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
 # MMDiT's SelfAttention; the last context block is "pre-only" (no `proj`, so no head of its own: its keys and values
 # reach the image stream only through that block's x-side heads).
 MMDIT_STYLE = AttentionSpec("qkv", "qkv", "qkv", "proj", "num_heads", fused_qkv=True)
-DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2")
+DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2",
+                       "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2")
 TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
 
 # prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
@@ -104,6 +105,27 @@ def out_of_place_clip_layers(root: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             del layer.forward  # the instance attribute goes; the class's forward is back
+
+
+def _copy_input(_module: nn.Module, args: tuple) -> tuple | None:
+    if not torch.is_grad_enabled():
+        return None
+    return (args[0].clone(),) + args[1:]
+
+
+@contextmanager
+def norm_inputs_copied(root: nn.Module) -> Iterator[None]:
+    """Every LayerNorm under `root` normalises a copy of its input while gradients are on. DiT blocks (Flux's,
+    MMDiT's context blocks) add their residuals in place (`img += ...`) into the tensor their LayerNorm saved for
+    the backward pass, which autograd refuses; the copy is what the norm saves, so the in-place add no longer
+    touches it. Without gradients (sampling, validation) nothing is copied."""
+    handles = [m.register_forward_pre_hook(_copy_input) for m in root.modules()
+               if type(m).__name__.endswith("LayerNorm")]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class ComfyDiffusion(UnitModel):
@@ -170,6 +192,7 @@ class ComfyDiffusion(UnitModel):
             units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES,
                                   keys_values=True)
             units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
+            units += parallel_block_units(self.diffusion_model, "diffusion_model.", heads)
         if self.blocks in ("text_encoder", "all"):
             for prefix in self.text_prefix:
                 units += tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
@@ -243,7 +266,8 @@ class ComfyDiffusion(UnitModel):
         return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(v))) for v in t], device=self.device)
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: TextConditioning) -> torch.Tensor:
-        return self._call(params, "predict", x.to(self.device), self.sigmas(t), context)
+        with norm_inputs_copied(self.diffusion_model):
+            return self._call(params, "predict", x.to(self.device), self.sigmas(t), context)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(t)

@@ -1,0 +1,113 @@
+"""The ComfyUI adapter on the DiT families whose blocks differ from SD's, built by ComfyUI's own model classes
+(`comfy.supported_models`) from small configurations with random weights, without a server: the units each family
+offers, gradients through blocks that add their residuals in place, predictions equal to the sampler's own
+conditioning path (guidance included), and head edits that leave every other slice of a fused tensor untouched.
+Checkpoints that the stock loaders detect, through a real server, are in test_comfy_checkpoints.py."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
+from razor_core.units import scatter_unit
+from tests.comfy_server import COMFY_DIR, ensure_comfyui_installed
+
+CONTEXT_DIM, POOLED_DIM = 24, 32
+FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOLED_DIM, context_in_dim=CONTEXT_DIM,
+            hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
+            theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True)
+CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=CONTEXT_DIM, hidden_size=64,
+              mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000,
+              patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=1)
+FAMILIES = {"flux": ("Flux", FLUX), "chroma": ("Chroma", CHROMA)}
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """ComfyUI's modules in this process, on the CPU (its device detection would look for CUDA)."""
+    sys.path.insert(0, str(ensure_comfyui_installed()))
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_patcher
+    import comfy.sampler_helpers
+    import comfy.samplers
+    import comfy.supported_models
+    yield comfy
+    sys.path.remove(str(COMFY_DIR))
+
+
+def _model(comfy, family: str):
+    class_name, config = FAMILIES[family]
+    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({}, device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in base.diffusion_model.parameters():  # zero-initialised gates would leave most gradients zero
+            p.normal_(std=0.1)
+    patcher = comfy.model_patcher.ModelPatcher(base, load_device="cpu", offload_device="cpu")
+    base.current_patcher = patcher  # what loading it for sampling sets; calc_cond_batch asks it for its state
+    return patcher
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
+    torch.manual_seed(1)
+    x = torch.randn(2, 16, 8, 8)
+    return x, torch.tensor([0.3, 0.7]), TextConditioning(torch.randn(2, 5, CONTEXT_DIM), torch.randn(2, POOLED_DIM))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_units_cover_both_streams_and_the_single_blocks(comfy, family):
+    units = {u.name: u for u in ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser").units()}
+    prefix = "diffusion_model."
+    expected = [f"double_blocks.0.{s}_attn.head{h}" for s in ("img", "txt") for h in (0, 1)]
+    expected += [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt") for i in (0, 2)]
+    expected += ["single_blocks.0.head0", "single_blocks.0.head1", "single_blocks.0.mlp"]
+    assert sorted(units) == sorted(prefix + e for e in expected)
+    head, mlp = units[prefix + "single_blocks.0.head1"], units[prefix + "single_blocks.0.mlp"]
+    rows = [(s.start, s.length) for s in head.slices if s.param.endswith("linear1.weight")]
+    assert rows == [(32, 32), (96, 32), (160, 32)]  # its rows of the q, k and v blocks (width 64, 2 heads)
+    assert [(s.dim, s.start, s.length) for s in head.slices if s.param.endswith("linear2.weight")] == [(1, 32, 32)]
+    assert [(s.dim, s.start, s.length) for s in mlp.slices if s.param.endswith(".weight")] == [(0, 192, 256),
+                                                                                               (1, 64, 256)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_predictions_follow_the_sampler_and_every_candidate_gets_a_gradient(comfy, family):
+    """The blocks add residuals in place (`img += ...`), which autograd refuses unless the adapter copies the
+    norms' inputs; guidance (Flux-dev's 3.5, Chroma's 0) comes from the model's own extra_conds, as in sampling."""
+    patcher = _model(comfy, family)
+    adapter = ComfyDiffusion(patcher, None, sampler=None, blocks="denoiser")
+    units = adapter.units()
+    theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(units).items()}
+    x, t, conditioning = _inputs()
+    prediction = adapter.predict(theta, x, t, conditioning)
+    prediction.square().mean().backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in theta.values())
+
+    base = patcher.model
+    sigma = adapter.sigmas(t)
+    for i in range(2):  # the sampler's path for one prompt: convert_cond, encode_model_conds, calc_cond_batch
+        conds = comfy.sampler_helpers.convert_cond([[conditioning.context[i:i + 1],
+                                                     {"pooled_output": conditioning.pooled[i:i + 1]}]])
+        conds = comfy.samplers.encode_model_conds(base.extra_conds, conds, x[i:i + 1], "cpu", "positive")
+        with torch.no_grad():
+            expected = comfy.samplers.calc_cond_batch(base, [conds], x[i:i + 1], sigma[i:i + 1], {})[0]
+        torch.testing.assert_close(prediction[i:i + 1].detach(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_head_edit_changes_only_its_slices_of_the_fused_tensors(comfy, family):
+    adapter = ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser")
+    head = next(u for u in adapter.units() if u.name.endswith("single_blocks.0.head0"))
+    theta = adapter.base_params([head])
+    size = sum(s.of(theta[s.param]).numel() for s in head.slices)
+    delta = scatter_unit(head, torch.ones(size), theta)
+    for param, change in delta.items():
+        touched = torch.zeros_like(change, dtype=torch.bool)
+        for s in head.slices:
+            if s.param == param:
+                s.of(touched).fill_(True)
+        assert torch.all(change[touched] == 1) and torch.all(change[~touched] == 0), param
