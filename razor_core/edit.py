@@ -1,9 +1,15 @@
 """RazorEdit: the result of an unlearning run, its file format, and applying it to a model.
 
-File format (safetensors): one `<param stem>.diff` tensor per touched weight (`.diff_b` for a bias), where the stem
-is the parameter name without `.weight`/`.bias`, mapped through an adapter's key map. Those are the keys ComfyUI's
-stock LoRA loaders read as full-weight differences, so the file reproduces the edit there too. Metadata (strings)
-holds the units with their exact slices, scores, rounds, concept, settings and a fingerprint of the base weights.
+File format (safetensors), keys that ComfyUI's stock LoRA loaders read, so the file reproduces the edit there too;
+the stem is the parameter name without `.weight`/`.bias`, mapped through an adapter's key map:
+- a weight whose change is confined to a few rows (a head's q, k and v rows) or a few columns (its columns of an
+  output projection) is stored exactly as a LoRA pair, `<stem>.lora_up.weight` @ `<stem>.lora_down.weight`, one of
+  them a one-hot selector of those rows or columns (no alpha: the loaders then scale by 1); the product has one
+  non-zero term per entry, so it equals the change bit for bit. One head of a fused 9216×3072 projection takes
+  384×(9216+3072) numbers instead of 9216×3072;
+- any other weight as a full-shape difference `<stem>.diff`, a bias as `<stem>.diff_b`.
+Metadata (strings) holds the units with their exact slices, scores, rounds, concept, settings and a fingerprint of
+the base weights.
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ from safetensors.torch import save
 from . import __version__
 from .units import EditUnit, Slice
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"      # 2: LoRA pairs for row/column edits; 1 (full-shape differences only) still reads
+READABLE_FORMATS = ("1", "2")
+SELECTOR_DTYPE = torch.float16  # holds 0 and 1 exactly; the loaders multiply the pair in float32
 _META_KEYS = ("razor.format", "razor.units", "razor.concept", "razor.settings", "razor.fingerprint")
 
 
@@ -75,11 +83,39 @@ def _canonical_safetensors(payload: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + payload[8 + size:]
 
 
+def selector_factors(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(up, down) with up @ down == `delta` exactly, one of them a one-hot selector (in SELECTOR_DTYPE) of the rows
+    (or columns) where `delta` is non-zero, when the pair holds fewer numbers than `delta`; None otherwise (or for
+    non-matrices)."""
+    if delta.dim() != 2:
+        return None
+    rows = delta.ne(0).any(dim=1).nonzero().flatten()
+    cols = delta.ne(0).any(dim=0).nonzero().flatten()
+    rank = min(len(rows), len(cols))
+    if rank == 0 or rank * sum(delta.shape) >= delta.numel():
+        return None
+    if len(rows) <= len(cols):
+        up = torch.zeros(delta.shape[0], len(rows), dtype=SELECTOR_DTYPE)
+        up[rows, torch.arange(len(rows))] = 1
+        return up, delta[rows].contiguous()
+    down = torch.zeros(len(cols), delta.shape[1], dtype=SELECTOR_DTYPE)
+    down[torch.arange(len(cols)), cols] = 1
+    return delta[:, cols].contiguous(), down
+
+
 def _stem(param: str) -> tuple[str, str]:
     for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
         if param.endswith(suffix):
             return param[: -len(suffix)], kind
     return param, "diff"
+
+
+def _product(path: Path, stem: str, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
+        raise EditFileError(f"{path}: the LoRA pair of {stem} has shapes {tuple(up.shape)} and {tuple(down.shape)} "
+                            "that do not multiply; the file is damaged, re-save the edit")
+    dtype = torch.promote_types(up.dtype, down.dtype)  # the change's own dtype (the selector's is narrower)
+    return up.to(dtype) @ down.to(dtype)
 
 
 @dataclass
@@ -105,7 +141,12 @@ class RazorEdit:
         tensors = {}
         for param, delta in self.deltas.items():
             stem, kind = _stem(key_map(param))
-            tensors[f"{stem}.{kind}"] = delta.detach().contiguous().cpu()
+            delta = delta.detach().contiguous().cpu()
+            factors = selector_factors(delta) if kind == "diff" else None
+            if factors is None:
+                tensors[f"{stem}.{kind}"] = delta
+            else:
+                tensors[f"{stem}.lora_up.weight"], tensors[f"{stem}.lora_down.weight"] = factors
         meta = {
             "razor.format": FORMAT_VERSION,
             "razor.pack_version": __version__,
@@ -139,8 +180,9 @@ class RazorEdit:
         missing = [k for k in _META_KEYS if k not in meta]
         if missing:
             raise EditFileError(f"{path} lacks RAZOR metadata {missing}: it was not written by this pack")
-        if meta["razor.format"] != FORMAT_VERSION:
-            raise EditFileError(f"{path} has edit format {meta['razor.format']}, this pack reads {FORMAT_VERSION}")
+        if meta["razor.format"] not in READABLE_FORMATS:
+            raise EditFileError(f"{path} has edit format {meta['razor.format']}, this pack reads formats "
+                                f"{', '.join(READABLE_FORMATS)}: update the pack")
         try:
             key_map = json.loads(meta.get("razor.key_map", "{}"))
             units = [EditUnit(u["name"], u["kind"], tuple(Slice(**s) for s in u["slices"]))
@@ -148,7 +190,8 @@ class RazorEdit:
             deltas = {}
             for param, mapped in key_map.items():
                 stem, kind = _stem(mapped)
-                deltas[param] = raw[f"{stem}.{kind}"]
+                deltas[param] = raw[f"{stem}.{kind}"] if f"{stem}.{kind}" in raw else _product(
+                    path, stem, raw[f"{stem}.lora_up.weight"], raw[f"{stem}.lora_down.weight"])
             edit = cls(deltas, units, meta["razor.concept"], json.loads(meta["razor.settings"]),
                        meta["razor.fingerprint"], json.loads(meta.get("razor.scores", "[]")),
                        json.loads(meta.get("razor.rounds", "[]")))

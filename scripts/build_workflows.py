@@ -135,8 +135,9 @@ the sunset style stays, the star goes. Other objects: circle, square, triangle, 
 
 REAPPLY_NOTE = """## Re-apply a saved edit to the MODEL alone (stock LoraLoaderModelOnly)
 
-**Save Unlearned Model** (format *edit file*) writes a safetensors file of exact weight differences
-(`<key>.diff`, `.diff_b`) plus RAZOR metadata. The default edit lives in the denoiser (the MODEL), so ComfyUI's
+**Save Unlearned Model** (format *edit file*) writes a safetensors file of the exact weight changes
+in LoRA keys (`<key>.diff`, `.diff_b`, and `lora_up`/`lora_down` pairs for edits confined to a few rows or
+columns) plus RAZOR metadata. The default edit lives in the denoiser (the MODEL), so ComfyUI's
 stock **LoraLoaderModelOnly** applies all of it, and the prompts go through the original, unedited CLIP:
 
 1. Copy `output/razor/neon_00001_.safetensors` (from the style workflow) to `models/loras/razor_neon_edit.safetensors`

@@ -149,7 +149,7 @@ def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
     with safe_open(str(ckpt_run["edit_file"]), framework="pt") as fh:
         meta = fh.metadata()
         key_map = json.loads(meta["razor.key_map"])
-        deltas = {param: fh.get_tensor(_file_key(mapped)) for param, mapped in key_map.items()}
+        deltas = {param: _file_delta(fh, mapped) for param, mapped in key_map.items()}
     units = json.loads(meta["razor.units"])
     assert units and deltas
     text_prefix = TEXT_PREFIXES[ckpt_run["family"]]
@@ -188,11 +188,15 @@ def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
     assert any(delta.abs().sum() > 0 for delta in deltas.values())
 
 
-def _file_key(mapped: str) -> str:
+def _file_delta(fh, mapped: str) -> torch.Tensor:
+    """A parameter's change as the stock LoRA loader reads it: a full difference, or a LoRA pair's product."""
     for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
         if mapped.endswith(suffix):
-            return f"{mapped[:-len(suffix)]}.{kind}"
-    return f"{mapped}.diff"
+            stem = mapped[:-len(suffix)]
+            if f"{stem}.{kind}" in fh.keys():
+                return fh.get_tensor(f"{stem}.{kind}")
+            return fh.get_tensor(f"{stem}.lora_up.weight") @ fh.get_tensor(f"{stem}.lora_down.weight")
+    raise AssertionError(f"{mapped} is neither a weight nor a bias")
 
 
 def test_unlearned_model_draws_differently_and_the_original_is_untouched(ckpt_run: dict,

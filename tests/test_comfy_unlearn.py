@@ -126,12 +126,12 @@ def test_the_other_workflows_run_and_do_what_they_say(neon_run: dict, comfy_serv
             assert np.abs(after.astype(int) - neon_run["images"]["after"].astype(int)).max() <= 1
 
 
-def test_the_edit_file_holds_lora_diff_keys_and_metadata(neon_run: dict, comfy_server: ComfyServer):
+def test_the_edit_file_holds_stock_lora_keys_and_metadata(neon_run: dict, comfy_server: ComfyServer):
     saved = comfy_server.base_dir / "output" / "razor" / "neon_00001_.safetensors"
     with safe_open(str(saved), framework="pt") as fh:
         keys = list(fh.keys())
         meta = fh.metadata()
-    assert keys and all(k.endswith((".diff", ".diff_b")) for k in keys)
+    assert keys and all(k.endswith((".diff", ".diff_b", ".lora_up.weight", ".lora_down.weight")) for k in keys)
     assert all(k.startswith("diffusion_model.") for k in keys)  # the default edit lives in the MODEL
     assert meta["razor.concept"] == "style:neon" and meta["razor.pack_version"]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from razor_core.edit import EditFileError, RazorEdit, fingerprint
+from razor_core.edit import EditFileError, RazorEdit, fingerprint, selector_factors
 from razor_core.minicanvas.denoiser import MiniDiT
 from razor_core.adapters.base import tower_units
 from razor_core.units import (COMFY_STYLE, AttentionSpec, EditUnit, attention_units, scatter_unit, unit_values)
@@ -113,14 +113,56 @@ def test_save_load_apply_reproduces_outputs_exactly_and_revert_restores(dit, tmp
         assert torch.equal(v, originals[k]), k
 
 
-def test_edit_file_uses_lora_diff_keys(dit, tmp_path):
+def test_head_edits_are_stored_as_exact_lora_pairs_that_reload_bit_for_bit(dit, tmp_path):
+    """A head changes rows of q, k, v and columns of the output projection: LoRA pairs with a one-hot selector,
+    which ComfyUI's stock loaders read, instead of full-shape differences."""
     from safetensors import safe_open
-    path = _tiny_edit(dit).save(tmp_path / "e.safetensors", key_map=lambda k: "diffusion_model." + k)
+    edit = _tiny_edit(dit)
+    path = edit.save(tmp_path / "e.safetensors", key_map=lambda k: "diffusion_model." + k)
     with safe_open(str(path), "pt") as fh:
         keys = set(fh.keys())
-    assert "diffusion_model.blocks.1.attn2.to_q.diff" in keys
-    assert "diffusion_model.blocks.1.attn2.to_q.diff_b" in keys
-    assert RazorEdit.load(path).deltas.keys() == _tiny_edit(dit).deltas.keys()
+        meta = fh.metadata()
+        stored = sum(fh.get_tensor(k).numel() for k in keys)
+    stem = "diffusion_model.blocks.1.attn2"
+    assert {f"{stem}.{p}.lora_{s}.weight" for p in ("to_q", "to_k", "to_v", "to_out") for s in ("up", "down")} \
+        <= keys
+    assert f"{stem}.to_q.diff_b" in keys and not any(k.endswith(".diff") for k in keys)
+    assert meta["razor.format"] == "2"
+    loaded = RazorEdit.load(path)
+    assert loaded.deltas.keys() == edit.deltas.keys()
+    for name, delta in edit.deltas.items():
+        assert torch.equal(loaded.deltas[name], delta), name
+    assert stored < 0.6 * sum(d.numel() for d in edit.deltas.values())  # a quarter of the rows of 32x16/32x32
+
+
+def test_selector_factors_are_exact_and_only_used_when_smaller():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(64, 48, generator=g) * torch.logspace(-20, 20, 48)  # every magnitude float32 holds
+    rows = torch.zeros(64, 48)
+    rows[[3, 4, 40]] = values[[3, 4, 40]]
+    cols = torch.zeros(64, 48)
+    cols[:, [0, 47]] = values[:, [0, 47]]
+    for delta, rank in ((rows, 3), (cols, 2)):
+        up, down = selector_factors(delta)
+        assert up.shape[1] == down.shape[0] == rank
+        assert torch.equal(up.float() @ down.float(), delta)  # as ComfyUI's loaders multiply them
+    assert selector_factors(values) is None             # dense: a pair would be larger
+    assert selector_factors(torch.zeros(64, 48)) is None
+    assert selector_factors(torch.ones(5)) is None      # a bias
+
+
+def test_format_1_files_with_full_differences_still_load(dit, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    edit = _tiny_edit(dit)
+    new = edit.save(tmp_path / "new.safetensors")
+    with safe_open(str(new), "pt") as fh:
+        meta = {**fh.metadata(), "razor.format": "1"}
+    old = tmp_path / "old.safetensors"
+    save_file({(f"{k[:-len('.weight')]}.diff" if k.endswith(".weight") else f"{k[:-len('.bias')]}.diff_b"): v
+               for k, v in edit.deltas.items()}, str(old), metadata=meta)
+    loaded = RazorEdit.load(old)
+    assert all(torch.equal(loaded.deltas[k], v) for k, v in edit.deltas.items())
 
 
 def test_existing_file_is_never_overwritten(dit, tmp_path):
