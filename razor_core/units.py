@@ -157,6 +157,32 @@ def parallel_block_units(model: nn.Module, prefix: str = "", heads: bool = True)
     return units
 
 
+def grouped_query_units(model: nn.Module, prefix: str = "", heads: bool = True) -> list[EditUnit]:
+    """Attention with one fused projection whose keys and values have fewer heads than its queries (grouped-query
+    attention; NextDiT's `qkv` rows: its query heads, then its key heads, then as many value heads; `out` reads the
+    query heads' columns). Per head (heads=True) a unit is one key/value head's group: its key and value rows, the
+    rows of the query heads that read them, and those query heads' columns of `out`, so other groups stay
+    bit-identical; otherwise the module as one unit."""
+    units = []
+    for mod_name, attn in model.named_modules():
+        if not all(hasattr(attn, a) for a in ("qkv", "out", "n_local_heads", "n_local_kv_heads", "head_dim")):
+            continue
+        base = f"{prefix}{mod_name}".rstrip(".")
+        fused, qkv, out = attn.qkv, _join(base, "qkv"), _join(base, "out")
+        n_q, n_kv, d_h = int(attn.n_local_heads), int(attn.n_local_kv_heads), int(attn.head_dim)
+        if not heads:
+            units.append(EditUnit(base, "attention", tuple(_whole(fused, qkv) + _whole(attn.out, out))))
+            continue
+        group = n_q // n_kv
+        for g in range(n_kv):
+            slices = _linear_slices(fused, qkv, 0, g * group * d_h, group * d_h, True)
+            slices += _linear_slices(fused, qkv, 0, (n_q + g) * d_h, d_h, True)
+            slices += _linear_slices(fused, qkv, 0, (n_q + n_kv + g) * d_h, d_h, True)
+            slices += _linear_slices(attn.out, out, 1, g * group * d_h, group * d_h, False)
+            units.append(EditUnit(_join(base, f"head{g}"), "head", tuple(slices)))
+    return units
+
+
 def key_value_units(model: nn.Module, spec: AttentionSpec, prefix: str, heads: bool,
                     is_cross_attention: Callable[[str], bool]) -> list[EditUnit]:
     """Key/value units of every cross-attention module (separate k and v projections): per head, its rows of both

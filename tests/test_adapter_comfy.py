@@ -16,7 +16,7 @@ CONFIG = {"image_size": 8, "patch_size": 4, "width": 32, "depth": 2, "heads": 2,
 
 
 class FakeCond:
-    """ComfyUI's CONDRegular as the adapter uses it: `process_cond` (one prompt per sample already) and `cond`."""
+    """ComfyUI's CONDRegular as the adapter uses it: `process_cond`, `can_concat` and `concat`."""
 
     def __init__(self, cond: torch.Tensor):
         self.cond = cond
@@ -24,6 +24,12 @@ class FakeCond:
     def process_cond(self, batch_size: int, area: None) -> "FakeCond":
         assert self.cond.shape[0] == batch_size and area is None
         return self
+
+    def can_concat(self, other: "FakeCond") -> bool:
+        return self.cond.shape == other.cond.shape
+
+    def concat(self, others: list["FakeCond"]) -> torch.Tensor:
+        return torch.cat([self.cond] + [o.cond for o in others])
 
 
 class FakeBase:

@@ -1,4 +1,4 @@
-"""The ComfyUI adapter on the DiT families whose blocks differ from SD's, built by ComfyUI's own model classes
+"""The ComfyUI adapter on the DiT families whose blocks differ from SD's (Flux, Chroma, Wan, Lumina 2), built by ComfyUI's own model classes
 (`comfy.supported_models`) from small configurations with random weights, without a server: the units each family
 offers, gradients through blocks that add their residuals in place, predictions equal to the sampler's own
 conditioning path (guidance included), and head edits that leave every other slice of a fused tensor untouched.
@@ -21,7 +21,27 @@ FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOL
 CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=CONTEXT_DIM, hidden_size=64,
               mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000,
               patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32, n_layers=1)
-FAMILIES = {"flux": ("Flux", FLUX), "chroma": ("Chroma", CHROMA)}
+WAN = dict(image_model="wan2.1", model_type="t2v", dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_dim=CONTEXT_DIM,
+           in_dim=16, out_dim=16, freq_dim=16, patch_size=(1, 2, 2))
+LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=32, n_layers=1, n_refiner_layers=1, n_heads=4,
+               n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=1.0, qk_norm=True, cap_feat_dim=CONTEXT_DIM,
+               axes_dims=[4, 2, 2], axes_lens=[16, 64, 64])
+DOUBLE_AND_SINGLE = ([f"double_blocks.0.{s}_attn.head{h}" for s in ("img", "txt") for h in (0, 1)]
+                     + [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt") for i in (0, 2)]
+                     + ["single_blocks.0.head0", "single_blocks.0.head1", "single_blocks.0.mlp"])
+# family: (supported_models class, config, latent shape, the units expected)
+FAMILIES = {
+    "flux": ("Flux", FLUX, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
+    "chroma": ("Chroma", CHROMA, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
+    "wan": ("WAN21_T2V", WAN, (2, 16, 1, 8, 8),  # video latents; the cross-attention reads the text
+            [f"blocks.0.{a}.head{h}" for a in ("self_attn", "cross_attn") for h in (0, 1)]
+            + ["blocks.0.ffn.0", "blocks.0.ffn.2"]),
+    "lumina2": ("Lumina2", LUMINA2, (2, 16, 8, 8),  # the caption's own refiner blocks read the text first
+                [f"{b}.0.{part}" for b in ("noise_refiner", "context_refiner", "layers")
+                 for part in ("attention.head0", "attention.head1", "feed_forward.w1", "feed_forward.w2",
+                              "feed_forward.w3")]),
+}
+MASKED = ("lumina2",)  # an LLM encoder's attention mask gives NextDiT its token count
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +59,7 @@ def comfy():
 
 
 def _model(comfy, family: str):
-    class_name, config = FAMILIES[family]
+    class_name, config, _, _ = FAMILIES[family]
     model_config = getattr(comfy.supported_models, class_name)(dict(config))
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({}, device="cpu")
@@ -52,20 +72,24 @@ def _model(comfy, family: str):
     return patcher
 
 
-def _inputs() -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
+def _inputs(family: str) -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
     torch.manual_seed(1)
-    x = torch.randn(2, 16, 8, 8)
-    return x, torch.tensor([0.3, 0.7]), TextConditioning(torch.randn(2, 5, CONTEXT_DIM), torch.randn(2, POOLED_DIM))
+    x = torch.randn(FAMILIES[family][2])
+    extras = {"attention_mask": torch.ones(2, 5)} if family in MASKED else {}
+    return x, torch.tensor([0.3, 0.7]), TextConditioning(torch.randn(2, 5, CONTEXT_DIM), torch.randn(2, POOLED_DIM),
+                                                         extras)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_units_cover_both_streams_and_the_single_blocks(comfy, family):
+def test_units_cover_attention_and_mlps_of_every_block(comfy, family):
+    units = {u.name: u for u in ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser").units()}
+    assert sorted(units) == sorted("diffusion_model." + e for e in FAMILIES[family][3])
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma"])
+def test_single_stream_heads_and_mlp_are_slices_of_the_fused_projections(comfy, family):
     units = {u.name: u for u in ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser").units()}
     prefix = "diffusion_model."
-    expected = [f"double_blocks.0.{s}_attn.head{h}" for s in ("img", "txt") for h in (0, 1)]
-    expected += [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt") for i in (0, 2)]
-    expected += ["single_blocks.0.head0", "single_blocks.0.head1", "single_blocks.0.mlp"]
-    assert sorted(units) == sorted(prefix + e for e in expected)
     head, mlp = units[prefix + "single_blocks.0.head1"], units[prefix + "single_blocks.0.mlp"]
     rows = [(s.start, s.length) for s in head.slices if s.param.endswith("linear1.weight")]
     assert rows == [(32, 32), (96, 32), (160, 32)]  # its rows of the q, k and v blocks (width 64, 2 heads)
@@ -76,13 +100,14 @@ def test_units_cover_both_streams_and_the_single_blocks(comfy, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_predictions_follow_the_sampler_and_every_candidate_gets_a_gradient(comfy, family):
-    """The blocks add residuals in place (`img += ...`), which autograd refuses unless the adapter copies the
-    norms' inputs; guidance (Flux-dev's 3.5, Chroma's 0) comes from the model's own extra_conds, as in sampling."""
+    """Flux's and Chroma's blocks add residuals in place (`img += ...`), which autograd refuses unless the adapter
+    copies the norms' inputs; guidance (Flux-dev's 3.5, Chroma's 0) comes from the model's own extra_conds, as in
+    sampling."""
     patcher = _model(comfy, family)
     adapter = ComfyDiffusion(patcher, None, sampler=None, blocks="denoiser")
     units = adapter.units()
     theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(units).items()}
-    x, t, conditioning = _inputs()
+    x, t, conditioning = _inputs(family)
     prediction = adapter.predict(theta, x, t, conditioning)
     prediction.square().mean().backward()
     assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in theta.values())
@@ -90,15 +115,24 @@ def test_predictions_follow_the_sampler_and_every_candidate_gets_a_gradient(comf
     base = patcher.model
     sigma = adapter.sigmas(t)
     for i in range(2):  # the sampler's path for one prompt: convert_cond, encode_model_conds, calc_cond_batch
+        extras = {k: v[i:i + 1] for k, v in conditioning.extras.items()}
         conds = comfy.sampler_helpers.convert_cond([[conditioning.context[i:i + 1],
-                                                     {"pooled_output": conditioning.pooled[i:i + 1]}]])
+                                                     {"pooled_output": conditioning.pooled[i:i + 1], **extras}]])
         conds = comfy.samplers.encode_model_conds(base.extra_conds, conds, x[i:i + 1], "cpu", "positive")
         with torch.no_grad():
             expected = comfy.samplers.calc_cond_batch(base, [conds], x[i:i + 1], sigma[i:i + 1], {})[0]
         torch.testing.assert_close(prediction[i:i + 1].detach(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_query_heads_take_their_key_value_group(comfy):
+    """NextDiT's qkv rows: 4 query heads, 2 key heads, 2 value heads of 8; unit head1 is the second group."""
+    units = {u.name: u for u in ComfyDiffusion(_model(comfy, "lumina2"), None, sampler=None, blocks="denoiser").units()}
+    head = units["diffusion_model.layers.0.attention.head1"]
+    assert [(s.param.rsplit(".", 2)[-2], s.dim, s.start, s.length) for s in head.slices] == [
+        ("qkv", 0, 16, 16), ("qkv", 0, 40, 8), ("qkv", 0, 56, 8), ("out", 1, 16, 16)]
+
+
+@pytest.mark.parametrize("family", ["flux", "chroma"])
 def test_a_head_edit_changes_only_its_slices_of_the_fused_tensors(comfy, family):
     adapter = ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser")
     head = next(u for u in adapter.units() if u.name.endswith("single_blocks.0.head0"))

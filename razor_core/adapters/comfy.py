@@ -37,15 +37,18 @@ from torch.func import functional_call
 from ..edit import fingerprint
 from ..gradients import ordinary_alias
 from ..objective import Params
-from ..units import COMFY_STYLE, AttentionSpec, EditUnit, parallel_block_units
+from ..units import COMFY_STYLE, AttentionSpec, EditUnit, grouped_query_units, parallel_block_units
 from .base import DIFFUSION_BLOCKS, UnitModel, tower_units
 
 COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "heads")
 # MMDiT's SelfAttention; the last context block is "pre-only" (no `proj`, so no head of its own: its keys and values
 # reach the image stream only through that block's x-side heads).
 MMDIT_STYLE = AttentionSpec("qkv", "qkv", "qkv", "proj", "num_heads", fused_qkv=True)
+# Wan's self- and cross-attention (`self_attn`, `cross_attn`): separate projections named by one letter.
+WAN_STYLE = AttentionSpec("q", "k", "v", "o", "num_heads")
 DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2",
-                       "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2")
+                       "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2", "ffn.0", "ffn.2",
+                       "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
 
 # prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
@@ -192,7 +195,9 @@ class ComfyDiffusion(UnitModel):
             units += tower_units(self.diffusion_model, COMFY_STYLE, "diffusion_model.", heads, DENOISER_MLP_LEAVES,
                                   keys_values=True)
             units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
+            units += tower_units(self.diffusion_model, WAN_STYLE, "diffusion_model.", heads, ())
             units += parallel_block_units(self.diffusion_model, "diffusion_model.", heads)
+            units += grouped_query_units(self.diffusion_model, "diffusion_model.", heads)
         if self.blocks in ("text_encoder", "all"):
             for prefix in self.text_prefix:
                 units += tower_units(self.get_submodule(prefix[:-1]), COMFY_CLIP_STYLE, prefix, heads,
@@ -208,14 +213,24 @@ class ComfyDiffusion(UnitModel):
         return self._clip[0].cond_stage_model.encode_token_weights(tokens)
 
     def _model_inputs(self, x: torch.Tensor, conditioning: TextConditioning) -> dict[str, Any]:
-        """The keyword inputs of `apply_model` for a batch, built as the sampler builds them (`encode_model_conds`,
-        then each cond's `process_cond`): the model's own `extra_conds` maps the encoder's outputs to what its
-        family takes (a pooled vector's `y` with SDXL's size embedding, Flux's default guidance, an LLM encoder's
-        token count, ...). The size is the latent's ×8, the default the sampler gives."""
-        conds = self._base[0].extra_conds(
-            cross_attn=conditioning.context, pooled_output=conditioning.pooled, **conditioning.extras,
-            device=x.device, noise=x, width=x.shape[-1] * 8, height=x.shape[-2] * 8, prompt_type="positive")
-        return {k: c.process_cond(batch_size=x.shape[0], area=None).cond for k, c in conds.items()}
+        """The keyword inputs of `apply_model` for a batch (one prompt's conditioning per sample), built as the
+        sampler builds them: each sample's conds from the model's own `extra_conds` (`encode_model_conds`: a pooled
+        vector's `y` with SDXL's size embedding, Flux's default guidance, an LLM encoder's token count, ...), then
+        `process_cond` and `concat` across the batch (`calc_cond_batch`). The size is the latent's ×8, the
+        default the sampler gives."""
+        base = self._base[0]
+        per_sample = []
+        for i in range(x.shape[0]):
+            c = conditioning[i:i + 1]
+            conds = base.extra_conds(cross_attn=c.context, pooled_output=c.pooled, **c.extras, device=x.device,
+                                     noise=x[i:i + 1], width=x.shape[-1] * 8, height=x.shape[-2] * 8,
+                                     prompt_type="positive")
+            per_sample.append({k: cond.process_cond(batch_size=1, area=None) for k, cond in conds.items()})
+        first, rest = per_sample[0], per_sample[1:]
+        if any(p.keys() != first.keys() or not all(first[k].can_concat(p[k]) for k in first) for p in rest):
+            raise ValueError("the forget, anchor and retain prompts give this model inputs that cannot be batched "
+                             "(e.g. different token counts); use prompts of similar length")
+        return {k: cond.concat([p[k] for p in rest]) for k, cond in first.items()}
 
     def _as_module_dtype(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """A candidate parameter in the dtype its layer computes with. ComfyUI's manual-cast layers (its text
