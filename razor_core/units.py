@@ -52,6 +52,7 @@ class AttentionSpec:
     out: str
     heads_attr: str
     fused_qkv: bool = False  # True: `q` names one (3d, d) weight holding Q, K and V row blocks
+    label: str = "head"      # unit names end in f"{label}{h}" (another label where one module holds two streams)
 
 
 COMFY_STYLE = AttentionSpec("to_q", "to_k", "to_v", "to_out", "heads")
@@ -109,7 +110,8 @@ def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "", hea
             slices = []
             for name in ([spec.q] if spec.fused_qkv else [spec.q, spec.k, spec.v]) + [out_name]:
                 slices += _whole(attn.get_submodule(name), _join(base, name))
-            units.append(EditUnit(base, "attention", tuple(slices)))
+            units.append(EditUnit(base if spec.label == "head" else _join(base, spec.label), "attention",
+                                  tuple(slices)))
             continue
         for h in range(n_heads):
             slices: list[Slice] = []
@@ -121,7 +123,7 @@ def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "", hea
                 for name in (spec.q, spec.k, spec.v):
                     slices += _linear_slices(getattr(attn, name), _join(base, name), 0, h * d_h, d_h, True)
             slices += _linear_slices(out_mod, _join(base, out_name), 1, h * d_h, d_h, False)
-            units.append(EditUnit(_join(base, f"head{h}"), "head", tuple(slices)))
+            units.append(EditUnit(_join(base, f"{spec.label}{h}"), "head", tuple(slices)))
     return units
 
 

@@ -1,11 +1,12 @@
-"""The ComfyUI adapter on the DiT families whose blocks differ from SD's (Flux, Chroma, Wan, Lumina 2), built by ComfyUI's own model classes
-(`comfy.supported_models`) from small configurations with random weights, without a server: the units each family
+"""The ComfyUI adapter on the DiT families whose blocks differ from SD's (Flux, Chroma, Wan, Lumina 2, Qwen-Image),
+built by ComfyUI's own model classes (`comfy.supported_models`) from small configurations with random weights, without a server: the units each family
 offers, gradients through blocks that add their residuals in place, predictions equal to the sampler's own
 conditioning path (guidance included), and head edits that leave every other slice of a fused tensor untouched.
 Checkpoints that the stock loaders detect, through a real server, are in test_comfy_checkpoints.py."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -26,22 +27,42 @@ WAN = dict(image_model="wan2.1", model_type="t2v", dim=32, ffn_dim=64, num_heads
 LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=32, n_layers=1, n_refiner_layers=1, n_heads=4,
                n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=1.0, qk_norm=True, cap_feat_dim=CONTEXT_DIM,
                axes_dims=[4, 2, 2], axes_lens=[16, 64, 64])
+QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=CONTEXT_DIM, axes_dims_rope=(2, 2, 4))
 DOUBLE_AND_SINGLE = ([f"double_blocks.0.{s}_attn.head{h}" for s in ("img", "txt") for h in (0, 1)]
                      + [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt") for i in (0, 2)]
                      + ["single_blocks.0.head0", "single_blocks.0.head1", "single_blocks.0.mlp"])
-# family: (supported_models class, config, latent shape, the units expected)
+
+
+@dataclass(frozen=True)
+class Family:
+    model_class: str                 # in comfy.supported_models
+    config: dict
+    latent: tuple[int, ...]
+    units: list[str]                 # every candidate, without the "diffusion_model." prefix
+    masked: bool = False             # an LLM encoder's attention mask comes with the context
+    unread: tuple[str, ...] = ()     # parameters whose output the model never uses (no gradient by construction)
+
+
 FAMILIES = {
-    "flux": ("Flux", FLUX, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
-    "chroma": ("Chroma", CHROMA, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
-    "wan": ("WAN21_T2V", WAN, (2, 16, 1, 8, 8),  # video latents; the cross-attention reads the text
-            [f"blocks.0.{a}.head{h}" for a in ("self_attn", "cross_attn") for h in (0, 1)]
-            + ["blocks.0.ffn.0", "blocks.0.ffn.2"]),
-    "lumina2": ("Lumina2", LUMINA2, (2, 16, 8, 8),  # the caption's own refiner blocks read the text first
-                [f"{b}.0.{part}" for b in ("noise_refiner", "context_refiner", "layers")
-                 for part in ("attention.head0", "attention.head1", "feed_forward.w1", "feed_forward.w2",
-                              "feed_forward.w3")]),
+    "flux": Family("Flux", FLUX, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
+    "chroma": Family("Chroma", CHROMA, (2, 16, 8, 8), DOUBLE_AND_SINGLE),
+    "wan": Family("WAN21_T2V", WAN, (2, 16, 1, 8, 8),  # video latents; the cross-attention reads the text
+                  [f"blocks.0.{a}.head{h}" for a in ("self_attn", "cross_attn") for h in (0, 1)]
+                  + ["blocks.0.ffn.0", "blocks.0.ffn.2"]),
+    "lumina2": Family("Lumina2", LUMINA2, (2, 16, 8, 8),  # the caption's own refiner blocks read the text first
+                      [f"{b}.0.{part}" for b in ("noise_refiner", "context_refiner", "layers")
+                       for part in ("attention.head0", "attention.head1", "feed_forward.w1", "feed_forward.w2",
+                                    "feed_forward.w3")], masked=True),
+    "qwen_image": Family("QwenImage", QWEN_IMAGE, (2, 16, 1, 8, 8),  # image and text stream of the joint attention
+                         [f"transformer_blocks.{b}.{part}" for b in (0, 1)
+                          for part in ("attn.head0", "attn.head1", "attn.txt_head0", "attn.txt_head1",
+                                       "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj",
+                                       "txt_mlp.net.2")],
+                         # the last block's text outputs are discarded: its text queries, output and MLP
+                         unread=tuple(f"transformer_blocks.1.{p}" for p in ("attn.add_q_proj", "attn.to_add_out",
+                                                                            "txt_mlp"))),
 }
-MASKED = ("lumina2",)  # an LLM encoder's attention mask gives NextDiT its token count
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +80,8 @@ def comfy():
 
 
 def _model(comfy, family: str):
-    class_name, config, _, _ = FAMILIES[family]
-    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    family = FAMILIES[family]
+    model_config = getattr(comfy.supported_models, family.model_class)(dict(family.config))
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({}, device="cpu")
     torch.manual_seed(0)
@@ -74,8 +95,8 @@ def _model(comfy, family: str):
 
 def _inputs(family: str) -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
     torch.manual_seed(1)
-    x = torch.randn(FAMILIES[family][2])
-    extras = {"attention_mask": torch.ones(2, 5)} if family in MASKED else {}
+    x = torch.randn(FAMILIES[family].latent)
+    extras = {"attention_mask": torch.ones(2, 5)} if FAMILIES[family].masked else {}
     return x, torch.tensor([0.3, 0.7]), TextConditioning(torch.randn(2, 5, CONTEXT_DIM), torch.randn(2, POOLED_DIM),
                                                          extras)
 
@@ -83,7 +104,7 @@ def _inputs(family: str) -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_units_cover_attention_and_mlps_of_every_block(comfy, family):
     units = {u.name: u for u in ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser").units()}
-    assert sorted(units) == sorted("diffusion_model." + e for e in FAMILIES[family][3])
+    assert sorted(units) == sorted("diffusion_model." + e for e in FAMILIES[family].units)
 
 
 @pytest.mark.parametrize("family", ["flux", "chroma"])
@@ -110,7 +131,9 @@ def test_predictions_follow_the_sampler_and_every_candidate_gets_a_gradient(comf
     x, t, conditioning = _inputs(family)
     prediction = adapter.predict(theta, x, t, conditioning)
     prediction.square().mean().backward()
-    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in theta.values())
+    for name, value in theta.items():
+        has_gradient = value.grad is not None and bool(value.grad.abs().sum() > 0)
+        assert has_gradient != name.removeprefix("diffusion_model.").startswith(FAMILIES[family].unread), name
 
     base = patcher.model
     sigma = adapter.sigmas(t)

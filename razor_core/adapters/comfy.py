@@ -46,9 +46,11 @@ COMFY_CLIP_STYLE = AttentionSpec("q_proj", "k_proj", "v_proj", "out_proj", "head
 MMDIT_STYLE = AttentionSpec("qkv", "qkv", "qkv", "proj", "num_heads", fused_qkv=True)
 # Wan's self- and cross-attention (`self_attn`, `cross_attn`): separate projections named by one letter.
 WAN_STYLE = AttentionSpec("q", "k", "v", "o", "num_heads")
+# Qwen-Image's joint attention keeps the text stream's projections beside the image stream's (COMFY_STYLE).
+QWEN_TEXT_STYLE = AttentionSpec("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "heads", label="txt_head")
 DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2",
                        "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2", "ffn.0", "ffn.2",
-                       "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+                       "feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "mlp.net.0.proj", "mlp.net.2")
 TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
 
 # prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
@@ -196,6 +198,7 @@ class ComfyDiffusion(UnitModel):
                                   keys_values=True)
             units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
             units += tower_units(self.diffusion_model, WAN_STYLE, "diffusion_model.", heads, ())
+            units += tower_units(self.diffusion_model, QWEN_TEXT_STYLE, "diffusion_model.", heads, ())
             units += parallel_block_units(self.diffusion_model, "diffusion_model.", heads)
             units += grouped_query_units(self.diffusion_model, "diffusion_model.", heads)
         if self.blocks in ("text_encoder", "all"):
