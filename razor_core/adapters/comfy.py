@@ -19,10 +19,22 @@ from the sampler's own path: the model's `extra_conds` turns the text encoder's 
 attention mask, ...) into its family's inputs, so guidance defaults, size embeddings and token counts are the ones
 the sampler gives.
 
-Families: UNets with ComfyUI's CrossAttention (SD1.x/2.x, SDXL: `to_q`/`to_k`/`to_v`/`to_out.0`), MMDiT (SD3/3.5:
-joint attention with one fused `qkv` and a `proj` per stream; a head is its three row blocks of `qkv` plus its
-columns of `proj`), and the MiniCanvas DiT. Text towers: ComfyUI's CLIP encoders (`clip_l`, `clip_g`); T5 is not a
-candidate (its attention has another layout) but still encodes.
+Families (denoiser units; each head edit leaves every other head's slices of a fused tensor bit-identical):
+- UNets with ComfyUI's CrossAttention (SD1.x/2.x, SDXL): self-attention heads (`to_q`/`to_k`/`to_v`/`to_out.0`),
+  cross-attention key/value heads (`attn2`), feed-forward linears;
+- MMDiT (SD3/3.5) and Flux/Chroma double blocks: joint attention with one fused `qkv` and a `proj` per stream, a head
+  being its three row blocks of `qkv` plus its columns of `proj`; the streams' MLPs;
+- Flux/Chroma single-stream blocks: a head is its q, k and v rows of `linear1` and its columns of `linear2`, the MLP
+  part of both one unit;
+- Wan: self- and cross-attention heads (`q`/`k`/`v`/`o`; the cross-attention reads the text), `ffn`;
+- Lumina 2 / Z-Image (NextDiT): grouped-query heads (one key/value head with the query heads that read it) of the
+  caption refiner, the noise refiner and the main layers, `feed_forward.w1`-`w3`;
+- Qwen-Image: the joint attention's image-stream heads and text-stream heads (`add_q/k/v_proj`, `to_add_out`), both
+  streams' MLPs;
+- the MiniCanvas DiT.
+Text towers: ComfyUI's CLIP encoders (`clip_l`, `clip_g`); T5 and LLM encoders are not candidates (their attention
+has another layout) but still encode. DiT blocks that add residuals in place (Flux, MMDiT's context blocks) are
+differentiated through copies of their LayerNorms' inputs (`norm_inputs_copied`).
 """
 from __future__ import annotations
 
