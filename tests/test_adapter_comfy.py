@@ -130,3 +130,12 @@ def test_a_model_with_nothing_to_edit_is_refused_when_the_adapter_is_made():
     base.diffusion_model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(UnsupportedModelError, match="no units to edit in this Sequential with blocks='denoiser'"):
         ComfyDiffusion(SimpleNamespace(model=base), None, sampler=None, blocks="denoiser")
+
+
+def test_quantised_weights_that_decode_themselves_are_refused_before_anything_runs():
+    """GGUF's weights are a tensor subclass holding codes: no gradient to follow, no weight to add a difference to."""
+    base = FakeBase(_denoiser())
+    to_k = base.diffusion_model.blocks[0].attn2.to_k
+    to_k.weight = torch.nn.Parameter(to_k.weight.detach().as_subclass(QuantisedWeight), requires_grad=False)
+    with pytest.raises(UnsupportedModelError, match="stored as QuantisedWeight .*load the model unquantised"):
+        ComfyDiffusion(SimpleNamespace(model=base), None, sampler=None, blocks="denoiser")

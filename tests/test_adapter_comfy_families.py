@@ -79,15 +79,17 @@ def comfy():
     sys.path.remove(str(COMFY_DIR))
 
 
-def _model(comfy, family: str):
+def _model(comfy, family: str, weight_dtype: torch.dtype = torch.float32):
+    """`weight_dtype` other than float32: stored so, computed in float32 (ComfyUI's manual cast, as the stock
+    loaders set up an fp8 `weight_dtype`)."""
     family = FAMILIES[family]
     model_config = getattr(comfy.supported_models, family.model_class)(dict(family.config))
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(weight_dtype, None if weight_dtype == torch.float32 else torch.float32)
     base = model_config.get_model({}, device="cpu")
     torch.manual_seed(0)
     with torch.no_grad():
         for p in base.diffusion_model.parameters():  # zero-initialised gates would leave most gradients zero
-            p.normal_(std=0.1)
+            p.copy_(torch.randn(p.shape) * 0.1)
     patcher = comfy.model_patcher.ModelPatcher(base, load_device="cpu", offload_device="cpu")
     base.current_patcher = patcher  # what loading it for sampling sets; calc_cond_batch asks it for its state
     return patcher
@@ -168,3 +170,19 @@ def test_a_head_edit_changes_only_its_slices_of_the_fused_tensors(comfy, family)
             if s.param == param:
                 s.of(touched).fill_(True)
         assert torch.all(change[touched] == 1) and torch.all(change[~touched] == 0), param
+
+
+def test_fp8_weights_get_float32_gradients_through_the_manual_cast(comfy):
+    """An fp8 checkpoint (`weight_dtype` fp8_e4m3fn) computes in a wider dtype; θ⁰ is widened to float32 for the
+    candidates, so gradients and steps are float32 and the fp8 weights stay untouched."""
+    patcher = _model(comfy, "flux", torch.float8_e4m3fn)
+    weights = dict(patcher.model.diffusion_model.named_parameters())
+    assert {w.dtype for w in weights.values()} == {torch.float8_e4m3fn}
+    before = {k: w.clone() for k, w in weights.items()}
+    adapter = ComfyDiffusion(patcher, None, sampler=None, blocks="denoiser")
+    theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(adapter.units()).items()}
+    assert {v.dtype for v in theta.values()} == {torch.float32}
+    x, t, conditioning = _inputs("flux")
+    adapter.predict(theta, x, t, conditioning).square().mean().backward()
+    assert all(v.grad.dtype == torch.float32 and v.grad.abs().sum() > 0 for v in theta.values())
+    assert all(torch.equal(weights[k].view(torch.uint8), before[k].view(torch.uint8)) for k in weights)

@@ -168,14 +168,29 @@ class ComfyDiffusion(UnitModel):
             self.add_module(name, module)
         self.text_prefix = tuple(f"{name}." for name in towers)
         self.requires_grad_(False)
+        self._check_editable()  # before the node generates a single image
         self._weights = {k: ordinary_alias(v) for k, v in self.named_parameters()}  # see the module doc
         self._owners = {k: self.get_submodule(k.rsplit(".", 1)[0]) for k in self._weights}
         self._theta0: dict[str, torch.Tensor] = {}
-        if not self.units():  # before the node generates a single image
-            other = "" if blocks == "all" else f", or try blocks='all'"
+
+    def _check_editable(self) -> None:
+        """Refuse a model RAZOR cannot edit: no candidate units for the chosen blocks, or candidates stored as a
+        tensor subclass that decodes itself (GGUF's quantised weights): their values are codes, not weights, so
+        there is no gradient to follow and no weight to add a difference to."""
+        units = self.units()
+        if not units:
+            other = "" if self.blocks == "all" else ", or try blocks='all'"
             raise UnsupportedModelError(
-                f"RAZOR finds no units to edit in this {type(base.diffusion_model).__name__} with blocks={blocks!r}: "
-                f"its attention/MLP layout is not one it knows yet{other}")
+                f"RAZOR finds no units to edit in this {type(self.diffusion_model).__name__} with "
+                f"blocks={self.blocks!r}: its attention/MLP layout is not one it knows yet{other}")
+        params = dict(self.named_parameters())
+        encoded = sorted({type(params[p]).__name__ for u in units for p in u.params
+                          if type(params[p]) not in (torch.Tensor, nn.Parameter)})
+        if encoded:
+            raise UnsupportedModelError(
+                f"the weights RAZOR would edit are stored as {', '.join(encoded)} (quantised, e.g. a GGUF file): "
+                "load the model unquantised for unlearning (the stock loaders, with weight_dtype default, fp16, "
+                "bf16 or fp8)")
 
     @property
     def device(self) -> torch.device:
