@@ -3,7 +3,7 @@
 A unit is a set of parameter slices that are scored and stepped together:
 - a *head* of an attention module: rows h*d_h:(h+1)*d_h of the q, k and v weights and biases, and the same columns
   of the output projection (its bias is shared by all heads, so no head owns it); for a fused qkv weight, the
-  three row blocks;
+  three row blocks; with grouped-query attention, one key/value head with the query heads that read it;
 - a *layer*: one attention module's projections, or one MLP linear (weight and bias), or the MLP part of a block
   whose attention and MLP share fused input and output projections (Flux's single-stream blocks);
 - a *key/value* unit of a cross-attention module (where the text enters the denoiser): one head's rows of the key
@@ -110,7 +110,7 @@ def attention_units(model: nn.Module, spec: AttentionSpec, prefix: str = "", hea
             slices = []
             for name in ([spec.q] if spec.fused_qkv else [spec.q, spec.k, spec.v]) + [out_name]:
                 slices += _whole(attn.get_submodule(name), _join(base, name))
-            units.append(EditUnit(base if spec.label == "head" else _join(base, spec.label), "attention",
+            units.append(EditUnit(base if spec.label == "head" else _join(base, f"{spec.label}s"), "attention",
                                   tuple(slices)))
             continue
         for h in range(n_heads):
