@@ -186,3 +186,14 @@ def test_fp8_weights_get_float32_gradients_through_the_manual_cast(comfy):
     adapter.predict(theta, x, t, conditioning).square().mean().backward()
     assert all(v.grad.dtype == torch.float32 and v.grad.abs().sum() > 0 for v in theta.values())
     assert all(torch.equal(weights[k].view(torch.uint8), before[k].view(torch.uint8)) for k in weights)
+
+
+def test_layer_granularity_takes_whole_attention_modules_and_mlp_parts(comfy):
+    flux = ComfyDiffusion(_model(comfy, "flux"), None, sampler=None, granularity="layers", blocks="denoiser")
+    names = sorted(u.name.removeprefix("diffusion_model.") for u in flux.units())
+    assert names == sorted(["double_blocks.0.img_attn", "double_blocks.0.txt_attn", "single_blocks.0.attention",
+                            "single_blocks.0.mlp"] + [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt")
+                                                      for i in (0, 2)])
+    qwen = ComfyDiffusion(_model(comfy, "qwen_image"), None, sampler=None, granularity="layers", blocks="denoiser")
+    assert {"transformer_blocks.0.attn", "transformer_blocks.0.attn.txt_heads"} <= {
+        u.name.removeprefix("diffusion_model.") for u in qwen.units()}
