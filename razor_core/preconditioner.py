@@ -12,7 +12,6 @@ own features (the matching block of Σ, no bias).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Callable
 
 import torch
@@ -25,24 +24,69 @@ def _linear_name(param: str) -> str:
     return param.rsplit(".", 1)[0]
 
 
+class LayerInputs:
+    """One linear layer's retain inputs x̃ = [x; 1] as Σ = E[x̃ x̃ᵀ] needs them: their summed outer products or, while
+    no more inputs than features have been seen, the inputs themselves. Wide layers read on few tokens stay small
+    that way (Flux's single-stream output projection, 15 361 inputs, on a few hundred retain tokens: n·d, not d²),
+    and their solve goes through the n x n side (Woodbury's identity, exact)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.chunks: list[torch.Tensor] = []
+        self.count = 0
+        self._solvers: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def add(self, x: torch.Tensor) -> None:
+        self.count += len(x)
+        if self.total is not None:
+            self.total = self.total + x.t() @ x
+            return
+        self.chunks.append(x)
+        if self.count > x.shape[1]:  # more inputs than features: the d x d moment is now the smaller
+            for chunk in self.chunks:
+                self.total = chunk.t() @ chunk if self.total is None else self.total + chunk.t() @ chunk
+            self.chunks = []
+
+    def moment(self, start: int = 0, length: int | None = None) -> torch.Tensor:
+        """Σ, or its block of features start..start+length."""
+        end = None if length is None else start + length
+        if self.total is not None:
+            return (self.total / self.count)[start:end, start:end]
+        rows = torch.cat(self.chunks)[:, start:end]
+        return rows.t() @ rows / self.count
+
+    def solver(self, start: int, length: int, damping: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """d -> d (Σ' + λI)⁻¹ for Σ' = Σ's block of features start..start+length (λ = damping x its mean diagonal),
+        built once per block: a layer's heads share it."""
+        key = (start, length, damping)
+        if key not in self._solvers:
+            if self.total is not None or length <= self.count:
+                inverse = _inverse(self.moment(start, length), damping)
+                self._solvers[key] = lambda d: d @ inverse
+            else:
+                rows = torch.cat(self.chunks)[:, start:start + length] / self.count ** 0.5  # Σ' = rowsᵀ rows
+                ridge = damping * float(rows.pow(2).sum()) / length
+                small = torch.linalg.inv(rows @ rows.t() + ridge * torch.eye(len(rows), dtype=rows.dtype,
+                                                                            device=rows.device))
+                self._solvers[key] = lambda d: (d - (d @ rows.t()) @ small @ rows) / ridge
+        return self._solvers[key]
+
+
 class InputMoments:
-    """Records Σ = E[x̃ x̃ᵀ] of the inputs of every linear layer `units` touch while the model runs inside `with`
-    (forward hooks only; nothing else changes), so that a pass over retain data that runs anyway (the mismatch
-    gradient's) can measure them too. `restart` forgets what was recorded, for a pass that starts over."""
+    """Records the retain inputs of every linear layer `units` touch while the model runs inside `with` (forward
+    hooks only; nothing else changes), so that a pass over retain data that runs anyway (the mismatch gradient's) can
+    measure them too. `restart` forgets what was recorded, for a pass that starts over."""
 
     def __init__(self, root: nn.Module, units: list[EditUnit]):
         self.root = root
         self.names = sorted({_linear_name(s.param) for u in units for s in u.slices})
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = defaultdict(int)
+        self.inputs: dict[str, LayerInputs] = {}
         self.handles: list = []
 
     def _hook_for(self, name: str):
         def hook(module: nn.Module, inputs: tuple, _output) -> None:
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
-            self.sums[name] = self.sums.get(name, 0) + x.t() @ x
-            self.counts[name] += len(x)
+            self.inputs.setdefault(name, LayerInputs()).add(torch.cat([x, x.new_ones(len(x), 1)], dim=1))
         return hook
 
     def __enter__(self) -> InputMoments:
@@ -55,23 +99,21 @@ class InputMoments:
         self.handles = []
 
     def restart(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
+        self.inputs.clear()
 
     def missing(self) -> list[str]:
         """Layers the recorded pass never reached."""
-        return [n for n in self.names if n not in self.sums]
+        return [n for n in self.names if n not in self.inputs]
 
-    def moments(self) -> dict[str, torch.Tensor]:
+    def moments(self) -> dict[str, LayerInputs]:
         if self.missing():
             raise RuntimeError(f"retain data never reached {self.missing()[:3]}: cannot measure their inputs")
-        return {n: self.sums[n] / self.counts[n] for n in self.names}
+        return {n: self.inputs[n] for n in self.names}
 
 
 def retain_input_moments(root: nn.Module, units: list[EditUnit],
-                         run_retain: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Σ of the inputs of every linear layer the units touch, recorded while `run_retain` runs the model on retain
-    data."""
+                         run_retain: Callable[[], None]) -> dict[str, LayerInputs]:
+    """The inputs of every linear layer the units touch, recorded while `run_retain` runs the model on retain data."""
     with InputMoments(root, units) as recorder, torch.no_grad():
         run_retain()
     return recorder.moments()
@@ -84,7 +126,7 @@ def _inverse(moment: torch.Tensor, damping: float) -> torch.Tensor:
 
 
 def precondition(unit: EditUnit, vector: torch.Tensor, shapes: dict[str, torch.Size],
-                 moments: dict[str, torch.Tensor], damping: float) -> torch.Tensor:
+                 moments: dict[str, LayerInputs], damping: float) -> torch.Tensor:
     """(Σ + λI)⁻¹ applied on the input side of every linear piece of `unit`'s flattened direction."""
     pieces: dict[Slice, torch.Tensor] = {}
     offset = 0
@@ -100,14 +142,14 @@ def precondition(unit: EditUnit, vector: torch.Tensor, shapes: dict[str, torch.S
     for w in weights:
         name = _linear_name(w.param)
         bias = next((s for s in unit.slices if s.param == f"{name}.bias"), None)
-        moment = moments[name]
+        features = pieces[w].shape[1]
         if w.dim == 1:  # output-projection columns of one head: their own input features, no bias
-            moment = moment[w.start:w.start + w.length, w.start:w.start + w.length]
-        elif bias is None:
-            moment = moment[:-1, :-1]
+            solve = moments[name].solver(w.start, w.length, damping)
+        else:  # the whole input, and the constant input 1 when the unit has the bias too
+            solve = moments[name].solver(0, features + (bias is not None), damping)
         joint = pieces[w] if bias is None else torch.cat([pieces[w], pieces[bias].unsqueeze(1)], dim=1)
-        stepped = (joint.double() @ _inverse(moment, damping)).to(vector.dtype)
-        out[w] = stepped[:, :pieces[w].shape[1]]
+        stepped = solve(joint.double()).to(vector.dtype)
+        out[w] = stepped[:, :features]
         if bias is not None:
             out[bias] = stepped[:, -1]
     for s in unit.slices:

@@ -1,5 +1,6 @@
-"""Write the MiniCanvas example workflows (UI format, what the frontend saves) and their thumbnails, and the SD3
-workflow (the SD1.5 one, laid out by hand, with SD3's file, latent and sampler settings).
+"""Write the MiniCanvas example workflows (UI format, what the frontend saves) and their thumbnails, and the SD3,
+SDXL and Flux-dev workflows (the SD1.5 one, laid out by hand, with each family's loaders, latent and sampler
+settings).
 
     .venv/bin/python scripts/build_workflows.py
 
@@ -200,15 +201,103 @@ SD3_CHANGES = {  # node type -> widget values (and the type it becomes)
     "MarkdownNote": ("MarkdownNote", [SD3_NOTE]),
 }
 
+SDXL_NOTE = """## SDXL: remove an artist's style (Van Gogh) with RAZOR
 
-def sd3_from_sd15(sd15: dict) -> dict:
-    """The SD1.5 workflow with SD3's checkpoint, latent node, sampler settings and note (same layout and links)."""
+Needs an SDXL checkpoint (base 1.0 or a fine-tune such as Juggernaut, RealVis, Pony, Illustrious) and a GPU.
+RAZOR holds float32 gradients of the units it scores on top of what sampling needs, so plan for more VRAM than
+sampling alone (docs/comfyui.md lists measured peaks). The graph is the SD1.5 one:
+
+1. **Load Checkpoint**: your SDXL file (here `sd_xl_base_1.0.safetensors`). Its two text encoders (CLIP-L and
+   CLIP-G) encode the prompts; with *blocks = denoiser* (default) only the UNet is edited.
+2. **Load Forget Set** (*custom*): the **concept**, the **forget prompts** (`{concept}` stands for it), the **anchor**
+   (what it should become) and the **retain prompts** (neighbouring artists and subjects that must not change).
+3. **Empty Latent Image** at SDXL's native 1024 x 1024 sets the size of the images the model draws for itself.
+4. **Score Heads** (dpmpp_2m, karras, cfg 7) and **Grow Edit Set**: every cross-attention key/value head and MLP of
+   the UNet is scored; heat-map, growth curve and report below.
+5. **Apply RAZOR Edit**: **left = original, right = unlearned**, same prompt and seed.
+6. **Save Unlearned Model** writes the edit to `output/razor/`; copy it to `models/loras/` and the stock
+   **LoraLoaderModelOnly** re-applies it exactly."""
+
+SDXL_CHANGES = {
+    "CheckpointLoaderSimple": ("CheckpointLoaderSimple", ["sd_xl_base_1.0.safetensors"]),
+    "EmptyLatentImage": ("EmptyLatentImage", [1024, 1024, 1]),
+    "RazorScoreHeads": ("RazorScoreHeads", ["heads", "denoiser", 0, "fixed", 20, 7.0, "dpmpp_2m", "karras"]),
+    "KSampler": ("KSampler", [42, "fixed", 25, 7.0, "dpmpp_2m", "karras", 1.0]),
+    "RazorSaveUnlearnedModel": ("RazorSaveUnlearnedModel", ["edit file", "razor/sdxl_van_gogh"]),
+    "MarkdownNote": ("MarkdownNote", [SDXL_NOTE]),
+}
+
+FLUX_NOTE = """## Flux.1-dev: remove an artist's style (Van Gogh) with RAZOR
+
+Needs Flux.1-dev (or schnell, or a fine-tune) and a GPU. Flux's text encoder T5-XXL cannot be edited, so the edit
+lives in the denoiser (*blocks = denoiser*): each double-stream block's image and text attention heads and MLPs, and
+each single-stream block's heads (a head's rows of the fused q/k/v projection and its columns of the output) and MLP.
+
+1. **Load Diffusion Model** (`flux1-dev.safetensors` in `models/diffusion_models`). *weight_dtype fp8_e4m3fn* halves
+   the weights' memory; RAZOR still computes its gradients and steps in float32 and saves them against the weights
+   you loaded. GGUF models must be loaded unquantised (Score Heads says so).
+2. **DualCLIPLoader** (`clip_l.safetensors`, `t5xxl_fp16.safetensors`, type *flux*) and **Load VAE**
+   (`ae.safetensors`).
+3. **Load Forget Set** (*custom*): the **concept**, the **forget prompts**, the **anchor** and the **retain prompts**.
+4. **EmptySD3LatentImage** (1024 x 1024): the size of the images the model draws for itself.
+5. **Score Heads** and the samplers use Flux-dev's settings: cfg 1 (Flux-dev is guidance-distilled: its guidance,
+   3.5 unless a FluxGuidance node sets another, comes with the conditioning), euler, simple.
+6. **Grow Edit Set**, **Apply RAZOR Edit**: **left = original, right = unlearned**, same prompt and seed.
+7. **Save Unlearned Model** writes the edit to `output/razor/`: head edits are stored as exact low-rank pairs, so a
+   Flux edit is megabytes, not the gigabytes of whole fused matrices. The stock **LoraLoaderModelOnly** re-applies it.
+
+Memory: RAZOR holds float32 gradients of the units it scores on top of what sampling needs (docs/comfyui.md lists
+measured peaks and the extrapolation to the full model)."""
+
+FLUX_CHANGES = {
+    "CheckpointLoaderSimple": ("UNETLoader", ["flux1-dev.safetensors", "default"]),
+    "EmptyLatentImage": ("EmptySD3LatentImage", [1024, 1024, 1]),
+    "RazorScoreHeads": ("RazorScoreHeads", ["heads", "denoiser", 0, "fixed", 20, 1.0, "euler", "simple"]),
+    "KSampler": ("KSampler", [42, "fixed", 20, 1.0, "euler", "simple", 1.0]),
+    "RazorSaveUnlearnedModel": ("RazorSaveUnlearnedModel", ["edit file", "razor/flux_dev_van_gogh"]),
+    "MarkdownNote": ("MarkdownNote", [FLUX_NOTE]),
+}
+# The checkpoint's CLIP and VAE outputs, when its loader becomes Load Diffusion Model: (node type, widgets, output).
+FLUX_SEPARATE_LOADERS = [("DualCLIPLoader", ["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], "CLIP"),
+                         ("VAELoader", ["ae.safetensors"], "VAE")]
+
+
+def from_sd15(sd15: dict, name: str, changes: dict, separate_loaders: list | None = None) -> dict:
+    """The SD1.5 workflow with another family's files, latent node, sampler settings and note (same layout and
+    links). `separate_loaders`: the family loads its diffusion model alone, so the checkpoint loader's CLIP and VAE
+    outputs move to loaders of their own, placed under it (the column's other nodes shift down to make room)."""
     workflow = json.loads(json.dumps(sd15))
-    for node in workflow["nodes"]:
-        if node["type"] in SD3_CHANGES:
-            node["type"], node["widgets_values"] = SD3_CHANGES[node["type"]]
+    nodes = workflow["nodes"]
+    loader = next(n for n in nodes if n["type"] == "CheckpointLoaderSimple")
+    for node in nodes:
+        if node["type"] in changes:
+            node["type"], node["widgets_values"] = changes[node["type"]]
             node.setdefault("properties", {})["Node name for S&R"] = node["type"]
-    workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-razor/sd3_remove_style"))
+    if separate_loaders:
+        top, left = loader["pos"][1] + loader["size"][1] + 40, loader["pos"][0]
+        added = []
+        for slot, (kind, widgets, socket) in enumerate(separate_loaders, start=1):
+            links = loader["outputs"][slot]["links"]
+            node_id = max(n["id"] for n in nodes) + 1
+            for link in workflow["links"]:
+                if link[0] in links:
+                    link[1], link[2] = node_id, 0
+            size = [320, 130 if kind == "DualCLIPLoader" else 60]
+            added.append({"id": node_id, "type": kind, "pos": [left, top], "size": size, "flags": {}, "order": 0,
+                          "mode": 0, "inputs": [], "outputs": [{"name": socket, "type": socket, "links": links,
+                                                                 "slot_index": 0}],
+                          "properties": {"Node name for S&R": kind}, "widgets_values": widgets})
+            nodes.append(added[-1])
+            top += size[1] + 40
+        shift = top - (loader["pos"][1] + loader["size"][1] + 40)
+        for node in nodes:
+            if node["pos"][0] == left and node["pos"][1] > loader["pos"][1] and node not in added:
+                node["pos"][1] += shift
+        loader["outputs"] = loader["outputs"][:1]
+        workflow["last_node_id"] = max(n["id"] for n in nodes)
+        column = next(g for g in workflow["groups"] if g["bounding"][0] < left < g["bounding"][0] + g["bounding"][2])
+        column["bounding"][3] += shift
+    workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-razor/{name}"))
     return workflow
 
 
@@ -275,7 +364,10 @@ def thumbnail(server: ComfyServer, workflow: dict, path: Path, pairs: int = 4, s
 
 def main() -> None:
     built = {name: to_ui(graph) for name, graph in graphs().items()}
-    built["sd3_remove_style"] = sd3_from_sd15(json.loads((WORKFLOWS / "sd15_remove_style.json").read_text()))
+    sd15 = json.loads((WORKFLOWS / "sd15_remove_style.json").read_text())
+    built["sd3_remove_style"] = from_sd15(sd15, "sd3_remove_style", SD3_CHANGES)
+    built["sdxl_remove_style"] = from_sd15(sd15, "sdxl_remove_style", SDXL_CHANGES)
+    built["flux_dev_remove_style"] = from_sd15(sd15, "flux_dev_remove_style", FLUX_CHANGES, FLUX_SEPARATE_LOADERS)
     for name, workflow in built.items():
         (WORKFLOWS / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
     server = start_server(Path(tempfile.mkdtemp(prefix="razor_workflows_")))

@@ -3,11 +3,18 @@ shipped real-checkpoint workflows shrunk for the CPU."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tests.comfy_server import REPO_ROOT, ComfyServer, ui_workflow_to_api_prompt
 
-LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage")
+LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
+MODEL_LOADERS = ("CheckpointLoaderSimple", "UNETLoader")
 SIZE, STEPS = 64, 4  # the shrunk workflows' image side and sampler steps
 
 
@@ -58,13 +65,15 @@ def first_lines(text: str, n: int) -> str:
 
 def cpu_prompt(server: ComfyServer, family: str, filename_prefix: str) -> dict:
     """workflows/<family>_remove_style.json as an API prompt, shrunk for two CPU cores (the file itself is unchanged):
-    64x64 images, 4 sampler steps, two forget and two retain prompts, two rounds; the edit file saved under
+    64x64 images (one frame for video models), 4 sampler steps, two forget and two retain prompts, two rounds; the edit file saved under
     `filename_prefix`."""
     prompt = ui_workflow_to_api_prompt(json.loads(workflow_path(family).read_text()), server.object_info())
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind in LATENT_NODES:
             inputs.update(width=SIZE, height=SIZE, batch_size=1)
+            if "length" in inputs:
+                inputs["length"] = 1
         elif kind in ("KSampler", "RazorScoreHeads"):
             inputs["steps"] = STEPS
         elif kind == "RazorLoadForgetSet":
@@ -77,10 +86,17 @@ def cpu_prompt(server: ComfyServer, family: str, filename_prefix: str) -> dict:
     return prompt
 
 
+def model_loader(prompt: dict) -> str:
+    """The node that loads the MODEL: Load Checkpoint, or Load Diffusion Model for the families loaded in parts."""
+    loaders = [k for k, n in prompt.items() if n["class_type"] in MODEL_LOADERS]
+    assert len(loaders) == 1, f"expected one model loader in the workflow, found {loaders}"
+    return loaders[0]
+
+
 def sampler_chain(prompt: dict) -> dict[str, dict]:
     """{'original'|'unlearned': {'sampler': id, 'decode': id}}: the two KSampler -> VAEDecode chains, told apart by
     the MODEL they sample (the loader's, or Apply RAZOR Edit's)."""
-    load, apply = one_of(prompt, "CheckpointLoaderSimple"), one_of(prompt, "RazorApplyEdit")
+    load, apply = model_loader(prompt), one_of(prompt, "RazorApplyEdit")
     chains = {}
     for k in ids_of(prompt, "KSampler"):
         source = prompt[k]["inputs"]["model"][0]
@@ -88,3 +104,71 @@ def sampler_chain(prompt: dict) -> dict[str, dict]:
         chains[{load: "original", apply: "unlearned"}[source]] = {"sampler": k, "decode": decode}
     assert set(chains) == {"original", "unlearned"}
     return chains
+
+
+def resample(prompt: dict, chain: dict, model: list, clip: list, vae: list, tag: str) -> dict:
+    """The workflow's 'unlearned' sampling nodes (same prompt text, seed, steps, latent) on another MODEL/CLIP/VAE,
+    saving latent and image."""
+    nodes = {}
+    sampler = json.loads(json.dumps(prompt[chain["sampler"]]))
+    for name in ("positive", "negative"):
+        encode = json.loads(json.dumps(prompt[sampler["inputs"][name][0]]))
+        encode["inputs"]["clip"] = clip
+        nodes[f"{tag}_{name}"] = encode
+        sampler["inputs"][name] = [f"{tag}_{name}", 0]
+    latent = sampler["inputs"]["latent_image"][0]
+    nodes[latent] = prompt[latent]
+    sampler["inputs"]["model"] = model
+    nodes[f"{tag}_k"] = sampler
+    nodes[f"{tag}_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_k", 0], "vae": vae}}
+    nodes.update(save_nodes(f"{tag}_k", f"{tag}_dec", tag))
+    return nodes
+
+
+def save_nodes(sampler: str, decode: str, tag: str) -> dict:
+    return {f"{tag}_latent_out": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                                         "filename_prefix": f"ckpt_test/{tag}"}},
+            f"{tag}_image_out": {"class_type": "SaveImage", "inputs": {"images": [decode, 0],
+                                                                       "filename_prefix": f"ckpt_test/{tag}"}}}
+
+
+def saved_latent(server: ComfyServer, ui_output: dict) -> torch.Tensor:
+    entry, = ui_output["latents"]
+    return load_file(str(server.base_dir / "output" / entry["subfolder"] / entry["filename"]))["latent_tensor"]
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # the same bytes without copying half a gigabyte
+    except OSError:
+        shutil.copy(source, target)
+
+
+def file_delta(fh, mapped: str) -> torch.Tensor:
+    """A parameter's change as the stock LoRA loader reads it: a full difference, or a LoRA pair's product."""
+    for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
+        if mapped.endswith(suffix):
+            stem = mapped[:-len(suffix)]
+            if f"{stem}.{kind}" in fh.keys():
+                return fh.get_tensor(f"{stem}.{kind}")
+            # the one-hot selector factor is float16, the other float32: the loader multiplies them in float32
+            return fh.get_tensor(f"{stem}.lora_up.weight").float() @ fh.get_tensor(f"{stem}.lora_down.weight").float()
+    raise AssertionError(f"{mapped} is neither a weight nor a bias")
+
+
+def edit_contents(edit_file: Path) -> tuple[list[dict], list[dict], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A saved edit file as the tests check it: its units and scores (RAZOR metadata), each parameter's change as the
+    stock LoRA loader reads it, and per parameter the mask of elements that the units' slices cover."""
+    with safe_open(str(edit_file), framework="pt") as fh:
+        meta = fh.metadata()
+        key_map = json.loads(meta["razor.key_map"])
+        deltas = {param: file_delta(fh, mapped) for param, mapped in key_map.items()}
+    units = json.loads(meta["razor.units"])
+    covered = {param: torch.zeros_like(delta, dtype=torch.bool) for param, delta in deltas.items()}
+    for unit in units:
+        for s in unit["slices"]:
+            view = covered[s["param"]] if s["dim"] is None else covered[s["param"]].narrow(s["dim"], s["start"],
+                                                                                             s["length"])
+            view.fill_(True)
+    return units, json.loads(meta["razor.scores"]), deltas, covered

@@ -1,7 +1,8 @@
-"""The real-checkpoint paths in a real ComfyUI server, on CPU: workflows/sd15_remove_style.json and
-sd3_remove_style.json (made for GPU users with real SD1.5 / SD3 checkpoints) run on tiny random checkpoints that the
-stock Load Checkpoint detects as SD1.5 and as SD3 (tests/tiny_checkpoints.py: SD1.5's UNet cut to one level, a
-two-block MMDiT; full CLIP-L and VAE; all random).
+"""The real-checkpoint paths in a real ComfyUI server, on CPU: workflows/sd15_remove_style.json,
+sd3_remove_style.json and sdxl_remove_style.json (made for GPU users with real checkpoints) run on tiny random
+checkpoints that the stock Load Checkpoint detects as SD1.5, SD3 and SDXL (tests/tiny_checkpoints.py: SD1.5's UNet
+cut to one level, a two-block MMDiT, full CLIP-L and VAE; tests/tiny_families.py: the SDXL class's smallest UNet,
+KOALA-700M's, with SDXL's CLIP-L, CLIP-G and VAE; all random).
 
 Random weights know no Van Gogh, so these tests check mechanics, not forgetting: each workflow runs as shipped (only
 shrunk for CPU: 64x64 images, 4 steps, two forget and two retain prompts, two rounds), the edit changes only
@@ -13,21 +14,19 @@ same latents, same PNGs).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from tests.comfy_server import ComfyError, ComfyServer
-from tests.razor_graphs import LATENT_NODES, SIZE, cpu_prompt, ids_of, one_of, sampler_chain, workflow_path
+from tests.razor_graphs import (LATENT_NODES, SIZE, cpu_prompt, edit_contents, ids_of, link_or_copy, one_of, resample,
+                                sampler_chain, save_nodes, saved_latent, workflow_path)
 from tests.tiny_checkpoints import TEXT_PREFIXES, UNET, write_tiny_checkpoint
+from tests.tiny_families import write_sdxl_checkpoint
 
-FAMILIES = ("sd15", "sd3")
+FAMILIES = ("sd15", "sd3", pytest.param("sdxl", marks=pytest.mark.full_width))
 ROUNDTRIP_CKPT = "razor_{family}_unlearned.safetensors"   # the saved full checkpoint, copied into models/checkpoints
 ROUNDTRIP_LORA = "razor_{family}_edit.safetensors"        # the saved edit file, copied into models/loras
 EDIT_PREFIX, FULL_PREFIX = "razor/{family}_test_edit", "razor/{family}_test_full"
@@ -39,45 +38,6 @@ def fingerprint_prompt(prompt: dict, label: str) -> dict:
     load = one_of(prompt, "CheckpointLoaderSimple")
     return {load: prompt[load], "fp": {"class_type": "RazorFingerprint", "inputs": {
         "model": [load, 0], "clip": [load, 1], "label": label}}}
-
-
-def resample(prompt: dict, chain: dict, model: list, clip: list, vae: list, tag: str) -> dict:
-    """The workflow's 'unlearned' sampling nodes (same prompt text, seed, steps, latent) on another MODEL/CLIP/VAE,
-    saving latent and image."""
-    nodes = {}
-    sampler = json.loads(json.dumps(prompt[chain["sampler"]]))
-    for name in ("positive", "negative"):
-        encode = json.loads(json.dumps(prompt[sampler["inputs"][name][0]]))
-        encode["inputs"]["clip"] = clip
-        nodes[f"{tag}_{name}"] = encode
-        sampler["inputs"][name] = [f"{tag}_{name}", 0]
-    latent = sampler["inputs"]["latent_image"][0]
-    nodes[latent] = prompt[latent]
-    sampler["inputs"]["model"] = model
-    nodes[f"{tag}_k"] = sampler
-    nodes[f"{tag}_dec"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{tag}_k", 0], "vae": vae}}
-    nodes.update(save_nodes(f"{tag}_k", f"{tag}_dec", tag))
-    return nodes
-
-
-def save_nodes(sampler: str, decode: str, tag: str) -> dict:
-    return {f"{tag}_latent_out": {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
-                                                                         "filename_prefix": f"ckpt_test/{tag}"}},
-            f"{tag}_image_out": {"class_type": "SaveImage", "inputs": {"images": [decode, 0],
-                                                                       "filename_prefix": f"ckpt_test/{tag}"}}}
-
-
-def saved_latent(server: ComfyServer, ui_output: dict) -> torch.Tensor:
-    entry, = ui_output["latents"]
-    return load_file(str(server.base_dir / "output" / entry["subfolder"] / entry["filename"]))["latent_tensor"]
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)  # the same bytes without copying half a gigabyte
-    except OSError:
-        shutil.copy(source, target)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -94,7 +54,10 @@ def ckpt_run(comfy_server: ComfyServer, request):
     written = [checkpoint, edit_file, full_file, base / "models" / "checkpoints" / roundtrip_ckpt,
                base / "models" / "loras" / roundtrip_lora]
     try:
-        write_tiny_checkpoint(family, checkpoint)
+        if family == "sdxl":
+            write_sdxl_checkpoint(checkpoint)
+        else:
+            write_tiny_checkpoint(family, checkpoint)
         prompt = cpu_prompt(comfy_server, family, edit_prefix)
         chains = sampler_chain(prompt)
         fingerprint_before = comfy_server.run(fingerprint_prompt(prompt, "before"))["fp"]["text"][0]
@@ -108,8 +71,8 @@ def ckpt_run(comfy_server: ComfyServer, request):
         outputs = comfy_server.run(graph, timeout=900)
         fingerprint_after = comfy_server.run(fingerprint_prompt(prompt, "after"))["fp"]["text"][0]
         # Round trip: the saved files through ComfyUI's stock loaders, sampled exactly as the workflow samples.
-        _link_or_copy(full_file, base / "models" / "checkpoints" / roundtrip_ckpt)
-        _link_or_copy(edit_file, base / "models" / "loras" / roundtrip_lora)
+        link_or_copy(full_file, base / "models" / "checkpoints" / roundtrip_ckpt)
+        link_or_copy(edit_file, base / "models" / "loras" / roundtrip_lora)
         roundtrip = {"reload": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": roundtrip_ckpt}},
                      load: prompt[load],
                      "lora": {"class_type": "LoraLoader", "inputs": {
@@ -146,15 +109,10 @@ def test_workflow_runs_and_previews_every_result(ckpt_run: dict, comfy_server: C
 def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
     with safe_open(str(ckpt_run["checkpoint"]), framework="pt") as fh:
         shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    with safe_open(str(ckpt_run["edit_file"]), framework="pt") as fh:
-        meta = fh.metadata()
-        key_map = json.loads(meta["razor.key_map"])
-        deltas = {param: _file_delta(fh, mapped) for param, mapped in key_map.items()}
-    units = json.loads(meta["razor.units"])
+    units, scores, deltas, covered = edit_contents(ckpt_run["edit_file"])
     assert units and deltas
-    text_prefix = TEXT_PREFIXES[ckpt_run["family"]]
+    text_prefix = TEXT_PREFIXES.get(ckpt_run["family"])  # SDXL's edit is the UNet's alone
     assert {u["name"].split(".", 1)[0] for u in units} <= {"diffusion_model", "clip_l"}
-    scores = json.loads(meta["razor.scores"])
     if ckpt_run["family"] == "sd3":
         # blocks=all: gradients reached ComfyUI's CLIP-L (in-place residual adds, fp16 weights) and MMDiT's heads
         # (fused qkv) in both streams of the joint attention
@@ -171,12 +129,6 @@ def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
     for tower in towers:
         importances = [s["importance"] for s in scores if s["unit"].startswith(tower)]
         assert importances and all(np.isfinite(importances)) and max(importances) > 0, tower
-    covered = {param: torch.zeros_like(delta, dtype=torch.bool) for param, delta in deltas.items()}
-    for unit in units:
-        for s in unit["slices"]:
-            view = covered[s["param"]] if s["dim"] is None else covered[s["param"]].narrow(s["dim"], s["start"],
-                                                                                             s["length"])
-            view.fill_(True)
     for param, delta in deltas.items():
         key = UNET + param[len("diffusion_model."):] if param.startswith("diffusion_model.") else \
             text_prefix + param[len("clip_l.transformer.text_model."):]
@@ -186,17 +138,6 @@ def test_edit_changes_existing_weights_only_inside_its_units(ckpt_run: dict):
         assert torch.isfinite(delta).all()
         assert not delta[~covered[param]].any(), f"{param} changed outside the edited units' slices"
     assert any(delta.abs().sum() > 0 for delta in deltas.values())
-
-
-def _file_delta(fh, mapped: str) -> torch.Tensor:
-    """A parameter's change as the stock LoRA loader reads it: a full difference, or a LoRA pair's product."""
-    for suffix, kind in ((".weight", "diff"), (".bias", "diff_b")):
-        if mapped.endswith(suffix):
-            stem = mapped[:-len(suffix)]
-            if f"{stem}.{kind}" in fh.keys():
-                return fh.get_tensor(f"{stem}.{kind}")
-            return fh.get_tensor(f"{stem}.lora_up.weight") @ fh.get_tensor(f"{stem}.lora_down.weight")
-    raise AssertionError(f"{mapped} is neither a weight nor a bias")
 
 
 def test_unlearned_model_draws_differently_and_the_original_is_untouched(ckpt_run: dict,
@@ -215,7 +156,7 @@ def test_one_checkpoint_loaded_twice_has_one_fingerprint(ckpt_run: dict, comfy_s
     """ComfyUI leaves SD1.5's unused CLIP text_projection uninitialised (the files never carry it): the fingerprint
     must cover the weights, not that memory."""
     second = ckpt_run["checkpoint"].with_name("razor_second_load.safetensors")
-    _link_or_copy(ckpt_run["checkpoint"], second)  # another name, so ComfyUI really loads the file again
+    link_or_copy(ckpt_run["checkpoint"], second)  # another name, so ComfyUI really loads the file again
     try:
         graph = {"again": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": second.name}},
                  "fp": {"class_type": "RazorFingerprint", "inputs": {"model": ["again", 0], "clip": ["again", 1],

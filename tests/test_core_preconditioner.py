@@ -55,14 +55,34 @@ def test_head_slices_use_their_own_input_block():
     retain, _ = _retain_and_forget_inputs()
     moments = retain_input_moments(attn, [head], lambda: attn(retain))
     assert set(moments) == {"to_q", "to_k", "to_v", "to_out.0"}
-    assert moments["to_q"].shape == (9, 9) and moments["to_out.0"].shape == (9, 9)
+    assert moments["to_q"].moment().shape == (9, 9) and moments["to_out.0"].moment().shape == (9, 9)
     params = {k: p.detach() for k, p in attn.named_parameters()}
     shapes = {k: p.shape for k, p in params.items()}
     direction = torch.randn(unit_values(head, params).numel())
     shaped = precondition(head, direction, shapes, moments, damping=0.1)
     assert shaped.shape == direction.shape
     # The output-projection columns of head 1 (features 4..7) are shaped by that block of Σ alone.
-    out_block = moments["to_out.0"][4:8, 4:8]
+    out_block = moments["to_out.0"].moment(4, 4)
     ridge = 0.1 * torch.diagonal(out_block).mean()
     expected = direction[-32:].view(8, 4).double() @ torch.linalg.inv(out_block + ridge * torch.eye(4, dtype=torch.double))
     torch.testing.assert_close(shaped[-32:].view(8, 4), expected.float())
+
+
+def test_a_layer_seen_on_fewer_inputs_than_features_keeps_them_and_solves_exactly():
+    """A wide layer read on few retain tokens keeps the n x d inputs, not the d x d moment, and its solve through
+    the n x n side equals the direct inverse; past d inputs it keeps the moment."""
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(48, 6))
+    unit = linear_units(layer, ["0"])[0]
+    few = retain_input_moments(layer, [unit], lambda: (layer(torch.randn(10, 48)), layer(torch.randn(10, 48))))
+    assert few["0"].total is None and sum(len(c) for c in few["0"].chunks) == 20
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+    direction = torch.randn(unit_values(unit, params).numel(), dtype=torch.float64)
+    shaped = precondition(unit, direction, {k: p.shape for k, p in params.items()}, few, damping=0.01)
+    moment = few["0"].moment()
+    ridge = 0.01 * torch.diagonal(moment).mean()
+    joint = torch.cat([direction[:288].view(6, 48), direction[288:].view(6, 1)], dim=1)
+    expected = joint @ torch.linalg.inv(moment + ridge * torch.eye(49, dtype=torch.float64))
+    torch.testing.assert_close(shaped, torch.cat([expected[:, :48].reshape(-1), expected[:, 48]]))
+    many = retain_input_moments(layer, [unit], lambda: layer(torch.randn(64, 48)))
+    assert many["0"].total is not None and many["0"].total.shape == (49, 49) and not many["0"].chunks
