@@ -111,6 +111,17 @@ def progress_reporter(total: int) -> Callable[[int, int, str], None]:
     return report
 
 
+# Scoring holds float32 forget and retain gradients of the candidates; beyond this share of the MODEL's weight bytes
+# (at least the floor, so small models score in one pass) it scores them in groups that fit, one pass each.
+GRADIENT_BUDGET_SHARE, GRADIENT_BUDGET_FLOOR_GB = 0.25, 0.5
+
+
+def gradient_budget_gb(model: Any) -> float:
+    """How many GB of gradients scoring may hold at once for this MODEL: memory bounded by a share of the model."""
+    weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters())
+    return max(GRADIENT_BUDGET_SHARE * weights / 2 ** 30, GRADIENT_BUDGET_FLOOR_GB)
+
+
 def adapter_for(model: Any, clip: Any | None, sampler: Callable, granularity: str, blocks: str) -> ComfyDiffusion:
     check_model_type(model, clip)
     return ComfyDiffusion(model, clip, sampler, granularity, blocks)

@@ -18,7 +18,8 @@ from ..razor_core.minicanvas import data as minicanvas_data
 from ..razor_core.minicanvas.unlearn import forget_set_for
 from ..razor_core.objectives.diffusion import DiffusionObjective, DiffusionSettings
 from .common import (CATEGORY, FORGET_SET, RAZOR_EDIT, RAZOR_SCORES, ScoredModel, adapter_for, comfy_sampler,
-                     gradients_allowed, image_output, load, progress_reporter, require_finite_inputs, same_objects)
+                     gradient_budget_gb, gradients_allowed, image_output, load, progress_reporter,
+                     require_finite_inputs, same_objects)
 
 PRESETS = ("custom", "MiniCanvas demo")
 MAX_INITIAL_UNITS = 64  # the largest first-round budget Grow Edit Set accepts
@@ -151,7 +152,8 @@ class RazorScoreHeads(io.ComfyNode):
             # batches that run out of memory halve (razor_core/batching.py).
             objective = DiffusionObjective(adapter, forget_set, DiffusionSettings(seed=seed, micro_batch=64))
             progress(1, 2, "gradients")
-            scoring = growth.score(objective)
+            scoring = growth.score(objective, growth.RazorConfig(max_initial_units=MAX_INITIAL_UNITS,
+                                                                 gradient_budget_gb=gradient_budget_gb(model)))
         progress(2, 2, "done")
         initial = growth.initial_sets(adapter.units(), scoring.scores, growth.RazorConfig())
         heat = image_output(plots.score_heatmap(scoring.scores, {u.name for s in initial for u in s},
@@ -209,7 +211,8 @@ class RazorGrowEditSet(io.ComfyNode):
             raise ValueError("these scores were computed for another forget set: connect the same Load Forget Set "
                              "to Score Heads and Grow Edit Set")
         config = growth.RazorConfig(method=method, max_initial_units=max_initial_units, max_rounds=max_rounds,
-                                    forget_target=forget_target, drift_tolerance=retain_tolerance)
+                                    forget_target=forget_target, drift_tolerance=retain_tolerance,
+                                    gradient_budget_gb=gradient_budget_gb(model))
         adapter = scores.objective.model
         with gradients_allowed():
             load(model, clip)

@@ -6,7 +6,7 @@ the stem is the parameter name without `.weight`/`.bias`, mapped through an adap
   output projection) is stored exactly as a LoRA pair, `<stem>.lora_up.weight` @ `<stem>.lora_down.weight`, one of
   them a one-hot selector of those rows or columns (no alpha: the loaders then scale by 1); the product has one
   non-zero term per entry, so it equals the change bit for bit. One head of a fused 9216×3072 projection takes
-  384×(9216+3072) numbers instead of 9216×3072;
+  384×9216 one-byte selector entries and 384×3072 numbers instead of 9216×3072;
 - any other weight as a full-shape difference `<stem>.diff`, a bias as `<stem>.diff_b`.
 Metadata (strings) holds the units with their exact slices, scores, rounds, concept, settings and a fingerprint of
 the base weights.
@@ -30,7 +30,7 @@ from .units import EditUnit, Slice
 
 FORMAT_VERSION = "2"      # 2: LoRA pairs for row/column edits; 1 (full-shape differences only) still reads
 READABLE_FORMATS = ("1", "2")
-SELECTOR_DTYPE = torch.float16  # holds 0 and 1 exactly; the loaders multiply the pair in float32
+SELECTOR_DTYPE = torch.float8_e4m3fn  # holds 0 and 1 exactly in one byte; the loaders multiply the pair in float32
 _META_KEYS = ("razor.format", "razor.units", "razor.concept", "razor.settings", "razor.fingerprint")
 
 
@@ -114,7 +114,8 @@ def _product(path: Path, stem: str, up: torch.Tensor, down: torch.Tensor) -> tor
     if up.dim() != 2 or down.dim() != 2 or up.shape[1] != down.shape[0]:
         raise EditFileError(f"{path}: the LoRA pair of {stem} has shapes {tuple(up.shape)} and {tuple(down.shape)} "
                             "that do not multiply; the file is damaged, re-save the edit")
-    dtype = torch.promote_types(up.dtype, down.dtype)  # the change's own dtype (the selector's is narrower)
+    # the change's own dtype: the wider factor's (the selector is narrower; float8 does not promote)
+    dtype = max((up.dtype, down.dtype), key=lambda d: torch.finfo(d).bits)
     return up.to(dtype) @ down.to(dtype)
 
 

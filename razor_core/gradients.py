@@ -94,6 +94,8 @@ def _backward_into(total: Params, loss: torch.Tensor, leaves: Params, scale: flo
     so no whole set of gradients is ever in flight (SD1.5: 1.3 GB in float32, 0.65 in fp16). False when a scaled
     gradient is not finite (then `total` is incomplete)."""
     inputs = list(leaves.values())
+    if not loss.requires_grad:  # no leaf reaches this loss (a group of units it never reads): zero gradients
+        return True
     if scale == 1.0 and all(total[k].dtype == leaf.dtype for k, leaf in leaves.items()):
         # autograd adds each gradient into `.grad` in place: make the totals the `.grad`s
         for k, leaf in leaves.items():
@@ -126,19 +128,22 @@ def _backward_into(total: Params, loss: torch.Tensor, leaves: Params, scale: flo
     return finite
 
 
-def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0) -> tuple[list[Params], int]:
-    """Gradients of `size` random projections <outputs, e_k> of the retain outputs: a randomized sketch of the
-    directions in which a step would move retain behaviour (first order), so the step can avoid them."""
+def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0,
+                  keys: Sequence[str] | None = None) -> tuple[list[Params], int]:
+    """Gradients, for the parameters `keys` (default: all), of `size` random projections <outputs, e_k> of the retain
+    outputs: a randomized sketch of the directions in which a step would move retain behaviour (first order), so
+    the step can avoid them."""
     gen = torch.Generator().manual_seed(seed)
-    leaves = _leaves(params, list(params))
-    sketch = [{k: _zeros_float32(v) for k, v in params.items()} for _ in range(size)]
+    keys = list(params) if keys is None else list(keys)
+    leaves = _leaves(params, keys)
+    sketch = [{k: _zeros_float32(params[k]) for k in keys} for _ in range(size)]
     passes = 0
     with torch.enable_grad():
         for batch in objective.batches("retain"):
             out = objective.retain_outputs(leaves, batch)
             for acc in sketch:
                 probe = torch.randn(out.shape, generator=gen).to(out.device)
-                grads = torch.autograd.grad((out * probe).sum(), list(leaves.values()), retain_graph=True,
+                grads = torch.autograd.grad((out * probe).sum(), [leaves[k] for k in keys], retain_graph=True,
                                             allow_unused=True)
                 for (name, a), g in zip(acc.items(), grads):
                     if g is not None:
@@ -147,13 +152,15 @@ def retain_sketch(objective: Objective, params: Params, size: int, seed: int = 0
     return sketch, passes
 
 
-def compute_gradients(objective: Objective, params: Params, sketch_size: int = 0) -> Gradients:
-    """∇ of the forget and retain losses at `params` for every candidate parameter (what scoring needs), plus an
-    optional sketch of the retain outputs' sensitivity. The mismatch gradient is left to `mismatch_gradients`."""
-    keys = list(params)
+def compute_gradients(objective: Objective, params: Params, sketch_size: int = 0,
+                      keys: Sequence[str] | None = None) -> Gradients:
+    """∇ of the forget and retain losses at `params` for the parameters `keys` (default: every candidate, what
+    scoring needs), plus an optional sketch of the retain outputs' sensitivity. The mismatch gradient is left to
+    `mismatch_gradients`."""
+    keys = list(params) if keys is None else list(keys)
     forget, n_f = _mean_gradient(objective, "forget", params, keys, objective.forget_loss)
     retain, n_r = _mean_gradient(objective, "retain", params, keys, objective.retain_loss)
-    sketch, n_s = retain_sketch(objective, params, sketch_size) if sketch_size else ([], 0)
+    sketch, n_s = retain_sketch(objective, params, sketch_size, keys=keys) if sketch_size else ([], 0)
     return Gradients(forget, retain, n_f + n_r + n_s, retain_sketch=sketch)
 
 

@@ -56,6 +56,12 @@ class RazorConfig:
                                       # proposes all of them), "gradient" steps them like any other unit
     gradient_after_map: bool = True   # once the closed-form map is spent, gradient rounds step the whole set (and may
                                       # add any unit); False ends the growth there
+    refine_limit: int = 32            # round 0 tries its own step for this many of the set's best units (two
+                                      # validation probes each; SDXL's closed-form set has ~400 key/value heads,
+                                      # MiniCanvas's 24)
+    gradient_budget_gb: float | None = None  # most GB of float32 forget + retain gradients held at once while
+                                      # scoring: beyond it the candidates are scored in groups that fit, one pass
+                                      # each, then the kept units' gradients in one more (None: all in one pass)
     attack_rounds: int = 0            # attack-aware rounds after the growth (closed-form key/value edits of the
                                       # denoiser only): the closed-form context adversary finds the contexts that
                                       # give the edited keys/values the original's, and the map is solved on them
@@ -67,8 +73,11 @@ class RazorConfig:
             raise ValueError(f"method must be 'razor' or 'slug', got {self.method!r}")
         if self.kv_step not in ("closed_form", "gradient"):
             raise ValueError(f"kv_step must be 'closed_form' or 'gradient', got {self.kv_step!r}")
-        if self.max_rounds < 1 or self.max_initial_units < 1 or self.units_per_round < 1:
-            raise ValueError("max_rounds, max_initial_units and units_per_round must be at least 1 (they are budgets)")
+        if self.max_rounds < 1 or self.max_initial_units < 1 or self.units_per_round < 1 or self.refine_limit < 0:
+            raise ValueError("max_rounds, max_initial_units and units_per_round must be at least 1, refine_limit at "
+                             "least 0 (they are budgets)")
+        if self.gradient_budget_gb is not None and not self.gradient_budget_gb > 0:
+            raise ValueError(f"gradient_budget_gb must be positive (or None), got {self.gradient_budget_gb}")
         if self.attack_rounds < 0:
             raise ValueError(f"attack_rounds must be at least 0, got {self.attack_rounds}")
         if not 0.0 < self.forget_target <= 1.0:  # written so that NaN fails too
@@ -195,8 +204,8 @@ def for_round_zero(scoring: Scoring, units: list[EditUnit], max_initial_units: i
     """`scoring` with the gradients of just the units round 0 can start from, with either method and any budget up to
     `max_initial_units` (growth rounds compute their own): what a scoring kept for later needs. All of them would be
     two float32 copies of every candidate (2.6 GB for SD1.5), held as long as ComfyUI caches Score Heads' output."""
-    starts = [replace(scoring.config, method=m, max_initial_units=max_initial_units) for m in ("razor", "slug")]
-    keep = {p for config in starts for s in initial_sets(units, scoring.scores, config) for u in s for p in u.params}
+    config = replace(scoring.config, max_initial_units=max_initial_units)
+    keep = {p for u in round_zero_units(units, scoring.scores, config) for p in u.params}
     grads = scoring.gradients
 
     def kept(params: Params) -> Params:
@@ -205,20 +214,79 @@ def for_round_zero(scoring: Scoring, units: list[EditUnit], max_initial_units: i
                                               retain_sketch=[kept(p) for p in grads.retain_sketch]))
 
 
+def gradient_groups(units: list[EditUnit], params: Params, budget_gb: float | None) -> list[list[EditUnit]]:
+    """`units` in consecutive groups whose parameters' float32 forget and retain gradients fit `budget_gb` (a unit
+    larger than the budget is a group of its own; units sharing a parameter, a module's heads, stay together unless
+    the module alone exceeds the budget)."""
+    if budget_gb is None:
+        return [units]
+    groups: list[list[EditUnit]] = []
+    group_params: set[str] = set()
+    size = 0
+    for unit in units:
+        new = [p for p in dict.fromkeys(unit.params) if p not in group_params]
+        added = sum(2 * 4 * params[p].numel() for p in new)
+        if groups and new and size + added > budget_gb * 2 ** 30:
+            groups.append([])
+            group_params, size = set(), 0
+            new, added = list(dict.fromkeys(unit.params)), sum(2 * 4 * params[p].numel() for p in unit.params)
+        if not groups:
+            groups.append([])
+        groups[-1].append(unit)
+        group_params.update(new)
+        size += added
+    return groups
+
+
+def scored_gradients(objective: Objective, params: Params, units: list[EditUnit], config: RazorConfig,
+                     keep: Callable[[list[UnitScore]], list[EditUnit]]) -> tuple[Gradients, list[UnitScore]]:
+    """Every unit's score at `params`, and gradients for (at least) the units `keep` picks from those scores. Within
+    `config.gradient_budget_gb`, one pass for every candidate (all gradients kept); beyond it one pass per group of
+    units that fits (`gradient_groups`), each group's gradients dropped once scored, then one more pass for the kept
+    units: memory bounded by the budget and by what is edited, at the cost of more passes."""
+    sketch = config.retain_sketch if config.method == "razor" else 0
+    groups = gradient_groups(units, params, config.gradient_budget_gb)
+    if len(groups) == 1:
+        grads = compute_gradients(objective, params, sketch_size=sketch)
+        _require_finite_gradients(grads)
+        return grads, score_units(units, params, grads.forget, grads.retain, config.alpha)
+    scores: list[UnitScore] = []
+    backward = 0
+    for group in groups:
+        grads = compute_gradients(objective, params, keys=dict.fromkeys(p for u in group for p in u.params))
+        _require_finite_gradients(grads)
+        scores += score_units(group, params, grads.forget, grads.retain, config.alpha)
+        backward += grads.backward_passes
+        grads = None  # before the next group's pass: the budget holds one group at a time
+    kept = dict.fromkeys(p for u in keep(scores) for p in u.params)
+    grads = compute_gradients(objective, params, sketch_size=sketch, keys=kept)
+    return replace(grads, backward_passes=grads.backward_passes + backward), scores
+
+
+def _require_finite_gradients(grads: Gradients) -> None:
+    require_finite({**{f"forget {k}": v for k, v in grads.forget.items()},
+                    **{f"retain {k}": v for k, v in grads.retain.items()}}, "the gradients",
+                   "the losses overflow on this model; check its weights, or use float32 weights")
+
+
+def round_zero_units(units: list[EditUnit], scores: list[UnitScore], config: RazorConfig) -> list[EditUnit]:
+    """The units round 0 can start from with either method and any first-round budget up to the config's."""
+    starts = [replace(config, method=m) for m in ("razor", "slug")]
+    return list({u.name: u for c in starts for s in initial_sets(units, scores, c) for u in s}.values())
+
+
 def score(objective: Objective, config: RazorConfig = RazorConfig()) -> Scoring:
-    """Gradients once at θ⁰ and φ for every candidate unit (what ScoreHeads shows; `run` starts from it)."""
+    """Gradients once at θ⁰ and φ for every candidate unit (what ScoreHeads shows; `run` starts from it). Scored in
+    groups (beyond the gradient budget), it keeps the gradients of the units round 0 can start from."""
     units = objective.units()
     if not units:
         raise ValueError("no candidate units: the chosen blocks/granularity select nothing in this model")
     theta0 = objective.base_params()
     with torch.no_grad():
         before = objective.validate(theta0)
-    sketch = config.retain_sketch if config.method == "razor" else 0
-    grads = compute_gradients(objective, theta0, sketch_size=sketch)
-    require_finite({**{f"forget {k}": v for k, v in grads.forget.items()},
-                    **{f"retain {k}": v for k, v in grads.retain.items()}}, "the gradients",
-                   "the losses overflow on this model; check its weights, or use float32 weights")
-    return Scoring(grads, score_units(units, theta0, grads.forget, grads.retain, config.alpha), before, config)
+    grads, scores = scored_gradients(objective, theta0, units, config,
+                                     lambda found: round_zero_units(units, found, config))
+    return Scoring(grads, scores, before, config)
 
 
 def run(objective: Objective, config: RazorConfig = RazorConfig(),
@@ -232,7 +300,6 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
                                                                           config.weights.rho, 0.0, 0.0)
     rounds_budget = config.max_rounds if config.method == "razor" else 1
     report = progress or (lambda *_: None)
-    sketch = config.retain_sketch if config.method == "razor" else 0
     candidates = initial_sets(units, scoring.scores, config)
     key_value_map = objective.key_value_map() if closed_form_steps(config) and any(
         is_key_value(u) for u in units) else None
@@ -275,10 +342,10 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
             search = StepSearch(objective, current, edit_set, dirs, config.drift_tolerance, reached)
             tried.append((edit_set, dirs, search.bracket(start=start_at)))
         # Only the proposal that forgets most on the bracket's grid is refined: bisection, then per-unit steps
-        # (every unit in round 0, later only the unit just added).
+        # (in round 0 its best `refine_limit` units, later only the units just added).
         edit_set, dirs, search = max(tried, key=lambda t: (t[2].forget_progress, -len(t[0])))
         found = refine_units(objective, current, edit_set, dirs, config.drift_tolerance, search.bisect().result(),
-                             added or [u.name for u in edit_set])
+                             added or [u.name for u in edit_set][:config.refine_limit])
         reached = found.validation  # what the next round's step must improve on
         accumulate(delta, step_delta(edit_set, dirs, current, found.etas))
         records.append(RoundRecord(r, [u.name for u in edit_set], added, "closed_form" if closed else "gradient",
@@ -297,18 +364,29 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         # these same gradients, with the mismatch gradient of the units it moves by gradient.
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
         edited = add(theta0, delta)
-        grads = compute_gradients(objective, edited, sketch_size=sketch)
-        backward += grads.backward_passes
-        rescored = score_units(units, edited, grads.forget, grads.retain, config.alpha)
         in_set = {u.name for u in edit_set}
-        candidates = [s for s in rescored
-                      if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed_phase)]
-        if not candidates and closed_phase and config.gradient_after_map:  # every key/value unit is in
+        chosen = {}
+
+        def grown(rescored: list[UnitScore]) -> list[EditUnit]:
+            """The edit set and the best units it may add (what the next step needs gradients of)."""
+            closed = closed_phase
+            joinable = [s for s in rescored if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed)]
+            if not joinable and closed and config.gradient_after_map:  # every key/value unit is in
+                closed = False
+                joinable = [s for s in rescored if s.unit not in in_set]
+            best = sorted(joinable, key=lambda s: s.score, reverse=True)[:config.units_per_round]
+            chosen.update(closed=closed, best=best)
+            return edit_set + [by_name[s.unit] for s in best]
+
+        grads, rescored = scored_gradients(objective, edited, units, config, grown)
+        backward += grads.backward_passes
+        if "best" not in chosen:  # scored in one pass: every gradient kept, nothing picked yet
+            grown(rescored)
+        if chosen["closed"] != closed_phase:
             closed_phase, switched = False, True
-            candidates = [s for s in rescored if s.unit not in in_set]
-        if not candidates:
+        best = chosen["best"]
+        if not best:
             break
-        best = sorted(candidates, key=lambda s: s.score, reverse=True)[:config.units_per_round]
         candidates = [edit_set + [by_name[s.unit] for s in best]]
         added = [s.unit for s in best]
         moments = None

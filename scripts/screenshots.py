@@ -4,8 +4,8 @@ the workflows that need real SD weights.
     bash scripts/screenshots.sh          # installs Chromium and Playwright if missing, then runs this
 
 For each MiniCanvas workflow the graph is loaded into the page, run with the frontend's own Run button, and shot once
-every node shows its result (heat-map, growth curve, report, before/after): docs/screenshots/<name>.png. The SD1.5
-and SD3 workflows cannot run here (no real weights), so they are shot as graphs and saved as their thumbnails,
+every node shows its result (heat-map, growth curve, report, before/after): docs/screenshots/<name>.png. The SD1.5,
+SD3, SDXL and Flux-dev workflows cannot run here (no real weights), so they are shot as graphs and saved as their thumbnails,
 workflows/<name>.jpg.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.comfy_server import ComfyServer, start_server  # noqa: E402
 WORKFLOWS = REPO / "workflows"
 SHOTS = REPO / "docs" / "screenshots"
 RUN_AND_SHOOT = ("minicanvas_remove_style", "minicanvas_remove_object", "minicanvas_clip_text_only")
-GRAPH_THUMBNAILS = ("sd15_remove_style", "sd3_remove_style")
+GRAPH_THUMBNAILS = ("sd15_remove_style", "sd3_remove_style", "sdxl_remove_style", "flux_dev_remove_style")
 # As the environment notes say: without the background-networking flags Chromium keeps dialling out of a closed
 # network; --no-sandbox because these machines run it as root.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

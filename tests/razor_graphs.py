@@ -12,9 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.comfy_server import REPO_ROOT, ComfyServer, ui_workflow_to_api_prompt
+from tests.tiny_families import FAMILIES
 
 LATENT_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
 MODEL_LOADERS = ("CheckpointLoaderSimple", "UNETLoader")
+FAMILY_CLIP_FILE = "razor_tiny_clip_l.safetensors"
 SIZE, STEPS = 64, 4  # the shrunk workflows' image side and sampler steps
 
 
@@ -93,6 +95,34 @@ def model_loader(prompt: dict) -> str:
     return loaders[0]
 
 
+def family_files(base: Path, family: str) -> dict[str, Path]:
+    """Where `family`'s tiny diffusion model, CLIP-L and VAE go in a server's base directory (tests/tiny_families)."""
+    return {"diffusion_model": base / "models" / "diffusion_models" / f"razor_tiny_{family}.safetensors",
+            "clip_l": base / "models" / "text_encoders" / FAMILY_CLIP_FILE,
+            "vae": base / "models" / "vae" / f"razor_tiny_{family}_vae.safetensors"}
+
+
+def family_prompt(server: ComfyServer, family: str, edit_prefix: str) -> dict:
+    """The Flux-dev workflow, shrunk for the CPU, loading `family`'s tiny files: CLIP-L through Load CLIP (with the
+    family's type) instead of DualCLIPLoader, and the family's empty-latent node."""
+    spec, paths = FAMILIES[family], family_files(server.base_dir, family)
+    prompt = cpu_prompt(server, "flux_dev", edit_prefix)
+    for node in prompt.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "UNETLoader":
+            inputs["unet_name"] = paths["diffusion_model"].name
+        elif kind == "VAELoader":
+            inputs["vae_name"] = paths["vae"].name
+        elif kind == "DualCLIPLoader":
+            node.update(class_type="CLIPLoader", inputs={"clip_name": FAMILY_CLIP_FILE, "type": spec.clip_type,
+                                                         "device": "default"})
+        elif kind in LATENT_NODES and kind != spec.latent_node:
+            node["class_type"] = spec.latent_node
+            if spec.latent_node == "EmptyHunyuanLatentVideo":
+                inputs["length"] = 1
+    return prompt
+
+
 def sampler_chain(prompt: dict) -> dict[str, dict]:
     """{'original'|'unlearned': {'sampler': id, 'decode': id}}: the two KSampler -> VAEDecode chains, told apart by
     the MODEL they sample (the loader's, or Apply RAZOR Edit's)."""
@@ -152,7 +182,7 @@ def file_delta(fh, mapped: str) -> torch.Tensor:
             stem = mapped[:-len(suffix)]
             if f"{stem}.{kind}" in fh.keys():
                 return fh.get_tensor(f"{stem}.{kind}")
-            # the one-hot selector factor is float16, the other float32: the loader multiplies them in float32
+            # the one-hot selector factor is float8, the other float32: the loader multiplies them in float32
             return fh.get_tensor(f"{stem}.lora_up.weight").float() @ fh.get_tensor(f"{stem}.lora_down.weight").float()
     raise AssertionError(f"{mapped} is neither a weight nor a bias")
 

@@ -11,49 +11,19 @@ bit-identical, and the saved edit file through the stock LoraLoaderModelOnly rep
 exactly (tolerance 0)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
 from tests.comfy_server import ComfyServer
-from tests.razor_graphs import (LATENT_NODES, cpu_prompt, edit_contents, link_or_copy, model_loader, one_of,
+from tests.razor_graphs import (edit_contents, family_files, family_prompt, link_or_copy, model_loader, one_of,
                                 resample, sampler_chain, save_nodes, saved_latent)
 from tests.tiny_families import FAMILIES, write_family_files
 
-CLIP_FILE = "razor_tiny_clip_l.safetensors"
 # Units only the family's own layout has: proof that the stock loader built that family and that it is scored.
 OWN_UNITS = {"flux_dev": "single_blocks.0.head", "chroma": "single_blocks.0.head",
              "lumina2": "context_refiner.0.attention.head", "wan": "blocks.0.cross_attn.head"}
-
-
-def files(base: Path, family: str) -> dict[str, Path]:
-    return {"diffusion_model": base / "models" / "diffusion_models" / f"razor_tiny_{family}.safetensors",
-            "clip_l": base / "models" / "text_encoders" / CLIP_FILE,
-            "vae": base / "models" / "vae" / f"razor_tiny_{family}_vae.safetensors"}
-
-
-def family_prompt(server: ComfyServer, family: str, edit_prefix: str) -> dict:
-    """The Flux-dev workflow, shrunk for the CPU, loading `family`'s tiny files: CLIP-L through Load CLIP (with the
-    family's type) instead of DualCLIPLoader, and the family's empty-latent node."""
-    spec, paths = FAMILIES[family], files(server.base_dir, family)
-    prompt = cpu_prompt(server, "flux_dev", edit_prefix)
-    for node in prompt.values():
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "UNETLoader":
-            inputs["unet_name"] = paths["diffusion_model"].name
-        elif kind == "VAELoader":
-            inputs["vae_name"] = paths["vae"].name
-        elif kind == "DualCLIPLoader":
-            node.update(class_type="CLIPLoader", inputs={"clip_name": CLIP_FILE, "type": spec.clip_type,
-                                                         "device": "default"})
-        elif kind in LATENT_NODES and kind != spec.latent_node:
-            node["class_type"] = spec.latent_node
-            if spec.latent_node == "EmptyHunyuanLatentVideo":
-                inputs["length"] = 1
-    return prompt
 
 
 def loaders(prompt: dict) -> tuple[str, str, str]:
@@ -71,7 +41,7 @@ def fingerprint_prompt(prompt: dict, label: str) -> dict:
                                         for f in FAMILIES])
 def family_run(comfy_server: ComfyServer, request):
     family = request.param
-    base, paths = comfy_server.base_dir, files(comfy_server.base_dir, family)
+    base, paths = comfy_server.base_dir, family_files(comfy_server.base_dir, family)
     edit_prefix = f"razor/{family}_test_edit"
     edit_file = base / "output" / f"{edit_prefix}_00001_.safetensors"
     lora = base / "models" / "loras" / f"razor_{family}_edit.safetensors"

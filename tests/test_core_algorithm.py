@@ -1,4 +1,6 @@
 """Scores, step-size search and the growth loop on a toy objective whose optimum is known."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -267,6 +269,29 @@ def test_a_kept_scoring_holds_round_zeros_gradients_only_and_grows_the_same_edit
     assert all(torch.equal(result.delta[k], fresh.delta[k]) for k in fresh.delta)
 
 
+def test_scoring_in_groups_within_a_gradient_budget_gives_the_same_scores_and_edit():
+    """A budget below the candidates' gradients scores them in groups, one pass each, then computes only the kept
+    units' gradients: the scores, the gradients kept and the grown edit are those of the single pass."""
+    objective = ToyObjective()
+    assert [len(g) for g in growth.gradient_groups(objective.units(), objective.theta0, None)] == [3]
+    one_unit = 2 * 4 * 4 / 2 ** 30  # the float32 forget and retain gradients of one 4-element unit, in GB
+    assert [[u.name for u in g] for g in growth.gradient_groups(objective.units(), objective.theta0, one_unit)] == [
+        ["toy.a"], ["toy.b"], ["toy.c"]]
+    assert len(growth.gradient_groups(objective.units(), objective.theta0, 2 * one_unit)) == 2
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
+                                units_per_round=1, weights=growth.StepWeights(lambda_retain=0.0, lambda_mismatch=0.0))
+    grouped_config = replace(config, gradient_budget_gb=one_unit)
+    single, grouped = growth.score(objective, config), growth.score(objective, grouped_config)
+    assert grouped.scores == single.scores
+    assert set(grouped.gradients.forget) == {"a"}  # round 0 starts from a (razor), or from a's layer (slug)
+    assert torch.equal(grouped.gradients.forget["a"], single.gradients.forget["a"])
+    assert grouped.gradients.backward_passes == 4 * single.gradients.backward_passes  # three groups, then the kept
+    expected, result = growth.run(objective, config), growth.run(objective, grouped_config)
+    assert [u.name for u in result.units] == [u.name for u in expected.units] == ["toy.a", "toy.b"]
+    assert all(torch.equal(result.delta[k], expected.delta[k]) for k in expected.delta)
+    assert result.backward_passes > expected.backward_passes
+
+
 class TwoTowerObjective(ToyObjective):
     """Tower `loud` has the larger gradient/weight ratio but every move of it costs retention; `quiet` (large
     weights, so a low ratio) forgets freely."""
@@ -401,6 +426,7 @@ def test_growth_rounds_record_the_preconditioners_moments_in_the_mismatch_pass(m
     ({"method": "esd"}, "method must be"), ({"max_rounds": 0}, "budgets"), ({"forget_target": 0.0}, "forget_target"),
     ({"drift_tolerance": -1.0}, "drift_tolerance"), ({"units_per_round": 0}, "budgets"),
     ({"kv_step": "exact"}, "kv_step"), ({"attack_rounds": -1}, "attack_rounds"),
+    ({"gradient_budget_gb": 0.0}, "gradient_budget_gb"),
 ])
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -145,6 +145,7 @@ def test_selector_factors_are_exact_and_only_used_when_smaller():
     for delta, rank in ((rows, 3), (cols, 2)):
         up, down = selector_factors(delta)
         assert up.shape[1] == down.shape[0] == rank
+        assert {up.dtype, down.dtype} == {torch.float8_e4m3fn, torch.float32}  # a one-byte selector
         assert torch.equal(up.float() @ down.float(), delta)  # as ComfyUI's loaders multiply them
     assert selector_factors(values) is None             # dense: a pair would be larger
     assert selector_factors(torch.zeros(64, 48)) is None

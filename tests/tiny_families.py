@@ -15,7 +15,7 @@ What detection fixes and what is shrunk:
   Gemma-2-2B (2304).
 - Wan 2.1: every width is read from the file; 1 head of 128, one block, a 256-wide MLP. Its text embedding's input
   width is fixed at 4096, so it reads CLIP-L through ComfyUI's SD3 text encoder (CLIP-L padded with zeros to 4096)
-  instead of UMT5-XXL. The VAE is Wan 2.1's own (fixed size, 127 M parameters).
+  instead of UMT5-XXL. The VAE is Wan 2.1's own, 32 channels wide instead of 96 (the loader reads the width).
 - SDXL: detection matches the UNet's transformer depths against its list exactly; the smallest SDXL-class entry is
   KOALA-700M (three levels, transformer depths 0, 2, 5), with SDXL's own CLIP-L and CLIP-G (fixed, 817 M parameters)
   and VAE, in one checkpoint as `sd_xl_base_1.0.safetensors` is laid out.
@@ -70,6 +70,14 @@ FAMILIES = {
         in_dim=16), "sd3", "EmptyHunyuanLatentVideo", "wan"),
 }
 SDXL_CLASS = "KOALA_700M"
+# The UNet configurations detection reads back (beyond each class's own `unet_config`): KOALA-700M's three levels of
+# one res block each, and SDXL base's (three levels of two, 10 transformer blocks at the lowest; 2.57 B parameters).
+SDXL_UNETS = {
+    "KOALA_700M": dict(num_res_blocks=[1, 1, 1], transformer_depth_output=[0, 0, 2, 2, 5, 5],
+                       transformer_depth_middle=-2),
+    "SDXL": dict(num_res_blocks=[2, 2, 2], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                 transformer_depth_middle=10),
+}
 
 
 @functools.cache
@@ -86,23 +94,25 @@ def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def diffusion_model_shapes(family: str) -> dict[str, tuple[int, ...]]:
-    """The diffusion model's keys (as Load Diffusion Model files store them: no prefix) and shapes."""
+def diffusion_model_shapes(family: str, **overrides) -> dict[str, tuple[int, ...]]:
+    """The diffusion model's keys (as Load Diffusion Model files store them: no prefix) and shapes; `overrides`
+    change the configuration (e.g. Flux's `depth`, for benchmarks)."""
     comfy = _comfy()
     spec = FAMILIES[family]
     with torch.device("meta"):
-        model = getattr(comfy.supported_models, spec.model_class)(dict(spec.config)).get_model({}, device="meta")
+        model = getattr(comfy.supported_models, spec.model_class)(dict(spec.config, **overrides)).get_model(
+            {}, device="meta")
     return _meta_shapes(model.diffusion_model)
 
 
-def sdxl_checkpoint_shapes() -> dict[str, tuple[int, ...]]:
-    """A whole SDXL-class checkpoint (UNet, CLIP-L + CLIP-G, VAE) under the keys ComfyUI saves it with."""
+def sdxl_checkpoint_shapes(model_class: str = SDXL_CLASS) -> dict[str, tuple[int, ...]]:
+    """A whole SDXL-class checkpoint (UNet, CLIP-L + CLIP-G, VAE) under the keys ComfyUI saves it with;
+    `model_class` "SDXL" is SDXL base at full size (benchmarks only)."""
     comfy = _comfy()
-    model_class = getattr(comfy.supported_models, SDXL_CLASS)
-    config = dict(model_class.unet_config, in_channels=4, out_channels=4, num_res_blocks=[1, 1, 1],
+    model_class = getattr(comfy.supported_models, model_class)
+    config = dict(model_class.unet_config, **SDXL_UNETS[model_class.__name__], in_channels=4, out_channels=4,
                   channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True, num_classes="sequential",
-                  transformer_depth_output=[0, 0, 2, 2, 5, 5], transformer_depth_middle=-2, legacy=False,
-                  image_size=32)
+                  legacy=False, image_size=32)
     with torch.device("meta"):
         model_config = model_class(config)
         model = model_config.get_model({}, device="meta")
@@ -115,9 +125,11 @@ def sdxl_checkpoint_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def wan_vae_shapes() -> dict[str, tuple[int, ...]]:
+    """Wan 2.1's VAE as ComfyUI's VAE loader builds it (16 latent channels), at 32 base channels instead of 96: the
+    loader reads that width from the file."""
     comfy = _comfy()
     with torch.device("meta"):
-        return _meta_shapes(comfy.ldm.wan.vae.WanVAE())
+        return _meta_shapes(comfy.ldm.wan.vae.WanVAE(dim=32, z_dim=16, temperal_downsample=[False, True, True]))
 
 
 def _values(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
@@ -143,14 +155,15 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, what: str) -> Path:
     return path
 
 
-def write_family_files(family: str, diffusion_model: Path, clip_l: Path, vae: Path, seed: int = 0) -> None:
+def write_family_files(family: str, diffusion_model: Path, clip_l: Path, vae: Path, seed: int = 0,
+                       **overrides) -> None:
     """The diffusion model, a CLIP-L text encoder and the family's VAE, each where its stock loader looks."""
-    _save(_values(diffusion_model_shapes(family), seed), diffusion_model, f"{family} diffusion model")
+    _save(_values(diffusion_model_shapes(family, **overrides), seed), diffusion_model, f"{family} diffusion model")
     _save(_values(clip_shapes("text_model."), seed + 1), clip_l, "CLIP-L")
     vae_keys = wan_vae_shapes() if FAMILIES[family].vae == "wan" else {
         k.removeprefix("first_stage_model."): s for k, s in vae_shapes(16, quant_convs=False).items()}
     _save(_values(vae_keys, seed + 2), vae, f"{FAMILIES[family].vae} VAE")
 
 
-def write_sdxl_checkpoint(path: Path, seed: int = 0) -> Path:
-    return _save(_values(sdxl_checkpoint_shapes(), seed), path, f"{SDXL_CLASS} (SDXL class) checkpoint")
+def write_sdxl_checkpoint(path: Path, seed: int = 0, model_class: str = SDXL_CLASS) -> Path:
+    return _save(_values(sdxl_checkpoint_shapes(model_class), seed), path, f"{model_class} (SDXL class) checkpoint")
