@@ -24,7 +24,10 @@ nodes' gradient budget, a quarter of the UNet's bytes) and the edit.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import json
+import multiprocessing
 import os
 import tempfile
 import time
@@ -38,8 +41,8 @@ from tests.tiny_checkpoints import write_tiny_checkpoint
 from tests.tiny_families import FAMILIES, write_family_files, write_sdxl_checkpoint
 
 CHECKPOINTS = {  # family -> (writer of the full-size checkpoint, what it is)
-    "sd15": (lambda path: write_tiny_checkpoint("sd15_full", path), "SD1.5 layout"),
-    "sdxl": (lambda path: write_sdxl_checkpoint(path, model_class="SDXL"), "SDXL base layout"),
+    "sd15": (functools.partial(write_tiny_checkpoint, "sd15_full"), "SD1.5 layout"),
+    "sdxl": (functools.partial(write_sdxl_checkpoint, model_class="SDXL"), "SDXL base layout"),
 }
 EDIT_PREFIX = "razor/memory_benchmark"  # where the workflow saves its edit file (output folder)
 TIMEOUT_S = 3600
@@ -94,6 +97,13 @@ def measure(family: str, place: Callable[[Path], None], which: str) -> dict:
             server.stop()
 
 
+def in_child_process(function: Callable, *args, **kwargs):
+    """`function(*args, **kwargs)` in a child process: writing a checkpoint builds all of it in memory (SDXL: 7 GB),
+    which this process would keep (the allocator does not hand it back) while the servers it measures run."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
 def checkpoint_placer(family: str, checkpoint: Path) -> Callable[[Path], None]:
     """Links `checkpoint` into models/checkpoints under the name the family's workflow loads."""
     workflow = json.loads(workflow_path(family).read_text())
@@ -125,11 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.family == "flux_dev":
             layout = f"Flux-dev layout, {args.depth} double + {2 * args.depth} single blocks"
             written = {role: Path(tmp) / f"{role}.safetensors" for role in ("diffusion_model", "clip_l", "vae")}
-            write_family_files(args.family, **written, depth=args.depth, depth_single_blocks=2 * args.depth)
+            in_child_process(write_family_files, args.family, **written, depth=args.depth,
+                             depth_single_blocks=2 * args.depth)
             place, model_file = files_placer(args.family, written), written["diffusion_model"]
         else:
             write, layout = CHECKPOINTS[args.family]
-            model_file = write(Path(tmp) / f"{args.family}_full.safetensors")
+            model_file = in_child_process(write, Path(tmp) / f"{args.family}_full.safetensors")
             place = checkpoint_placer(args.family, model_file)
         runs = [measure(args.family, place, which) for which in ("inference", "razor")]
         model_bytes = model_file.stat().st_size
