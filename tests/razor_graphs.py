@@ -67,8 +67,8 @@ def first_lines(text: str, n: int) -> str:
 
 def cpu_prompt(server: ComfyServer, family: str, filename_prefix: str) -> dict:
     """workflows/<family>_remove_style.json as an API prompt, shrunk for two CPU cores (the file itself is unchanged):
-    64x64 images (one frame for video models), 4 sampler steps, two forget and two retain prompts, two rounds; the edit file saved under
-    `filename_prefix`."""
+    64x64 images (one frame for video models), 4 sampler steps, two forget and two retain prompts, two rounds; the
+    edit file saved under `filename_prefix`."""
     prompt = ui_workflow_to_api_prompt(json.loads(workflow_path(family).read_text()), server.object_info())
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]

@@ -17,17 +17,17 @@ What detection fixes and what is shrunk:
   width is fixed at 4096, so it reads CLIP-L through ComfyUI's SD3 text encoder (CLIP-L padded with zeros to 4096)
   instead of UMT5-XXL. The VAE is Wan 2.1's own, 32 channels wide instead of 96 (the loader reads the width).
 - SDXL: detection matches the UNet's transformer depths against its list exactly; the smallest SDXL-class entry is
-  KOALA-700M (three levels, transformer depths 0, 2, 5), with SDXL's own CLIP-L and CLIP-G (fixed, 817 M parameters)
-  and VAE, in one checkpoint as `sd_xl_base_1.0.safetensors` is laid out.
+  KOALA-700M (three levels, transformer depths 0, 2, 5), with SDXL's own CLIP-L and CLIP-G (fixed: 817 M
+  parameters together) and VAE, in one checkpoint as `sd_xl_base_1.0.safetensors` is laid out.
 
 Values follow tests/tiny_checkpoints.py: norm scales 1, biases 0, matrices normal with std 0.5/sqrt(fan_in) (CLIP:
 0.02), float16, fully determined by the seed.
 """
 from __future__ import annotations
 
-import functools
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,8 @@ FAMILIES = {
     "flux_dev": Family("Flux", dict(
         image_model="flux", in_channels=16, out_channels=16, vec_in_dim=CLIP_L_WIDTH, context_in_dim=CLIP_L_WIDTH,
         hidden_size=FLUX_WIDTH, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
-        theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True), "stable_diffusion", "EmptySD3LatentImage", "flux"),
+        theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True),
+        "stable_diffusion", "EmptySD3LatentImage", "flux"),
     "chroma": Family("Chroma", dict(
         image_model="chroma", in_channels=64, out_channels=64, context_in_dim=CLIP_L_WIDTH, hidden_size=FLUX_WIDTH,
         mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
@@ -80,14 +81,20 @@ SDXL_UNETS = {
 }
 
 
-@functools.cache
+@contextmanager
 def _comfy():
-    sys.path.insert(0, str(ensure_comfyui_installed()))
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
-    import comfy.supported_models
-    import comfy.ldm.wan.vae
-    return comfy
+    """ComfyUI's modules, on the CPU; its folder leaves sys.path again afterwards (the pack's entry point, imported
+    by other tests, must not find ComfyUI)."""
+    path = str(ensure_comfyui_installed())
+    sys.path.insert(0, path)
+    try:
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        import comfy.ldm.wan.vae
+        import comfy.supported_models
+        yield comfy
+    finally:
+        sys.path.remove(path)
 
 
 def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -97,9 +104,8 @@ def _meta_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 def diffusion_model_shapes(family: str, **overrides) -> dict[str, tuple[int, ...]]:
     """The diffusion model's keys (as Load Diffusion Model files store them: no prefix) and shapes; `overrides`
     change the configuration (e.g. Flux's `depth`, for benchmarks)."""
-    comfy = _comfy()
     spec = FAMILIES[family]
-    with torch.device("meta"):
+    with _comfy() as comfy, torch.device("meta"):
         model = getattr(comfy.supported_models, spec.model_class)(dict(spec.config, **overrides)).get_model(
             {}, device="meta")
     return _meta_shapes(model.diffusion_model)
@@ -108,12 +114,11 @@ def diffusion_model_shapes(family: str, **overrides) -> dict[str, tuple[int, ...
 def sdxl_checkpoint_shapes(model_class: str = SDXL_CLASS) -> dict[str, tuple[int, ...]]:
     """A whole SDXL-class checkpoint (UNet, CLIP-L + CLIP-G, VAE) under the keys ComfyUI saves it with;
     `model_class` "SDXL" is SDXL base at full size (benchmarks only)."""
-    comfy = _comfy()
-    model_class = getattr(comfy.supported_models, model_class)
-    config = dict(model_class.unet_config, **SDXL_UNETS[model_class.__name__], in_channels=4, out_channels=4,
-                  channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True, num_classes="sequential",
-                  legacy=False, image_size=32)
-    with torch.device("meta"):
+    with _comfy() as comfy, torch.device("meta"):
+        model_class = getattr(comfy.supported_models, model_class)
+        config = dict(model_class.unet_config, **SDXL_UNETS[model_class.__name__], in_channels=4, out_channels=4,
+                      channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True,
+                      num_classes="sequential", legacy=False, image_size=32)
         model_config = model_class(config)
         model = model_config.get_model({}, device="meta")
         clip = model_config.clip_target().clip(device="meta")
@@ -127,8 +132,7 @@ def sdxl_checkpoint_shapes(model_class: str = SDXL_CLASS) -> dict[str, tuple[int
 def wan_vae_shapes() -> dict[str, tuple[int, ...]]:
     """Wan 2.1's VAE as ComfyUI's VAE loader builds it (16 latent channels), at 32 base channels instead of 96: the
     loader reads that width from the file."""
-    comfy = _comfy()
-    with torch.device("meta"):
+    with _comfy() as comfy, torch.device("meta"):
         return _meta_shapes(comfy.ldm.wan.vae.WanVAE(dim=32, z_dim=16, temperal_downsample=[False, True, True]))
 
 
