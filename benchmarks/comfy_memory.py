@@ -2,7 +2,7 @@
 against its peak while it only draws with the stock nodes.
 
     .venv/bin/python -m benchmarks.comfy_memory --family sd15 --json out/comfy_memory_sd15.json
-    .venv/bin/python -m benchmarks.comfy_memory --family sdxl --json out/comfy_memory_sdxl.json
+    .venv/bin/python -m benchmarks.comfy_memory --family sdxl --bf16-unet --json out/comfy_memory_sdxl.json
     .venv/bin/python -m benchmarks.comfy_memory --family flux_dev --depth 1 --json out/comfy_memory_flux1.json
 
 The checkpoints have random weights (the values do not matter for memory), written as float16 to a temporary folder
@@ -70,12 +70,13 @@ def inference_graph(prompt: dict) -> dict:
     return {**upstream(prompt, decode), "preview": {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}}
 
 
-def measure(family: str, place: Callable[[Path], None], which: str) -> dict:
-    """One fresh server whose models folder `place` fills; runs the `which` graph of the family's workflow."""
+def measure(family: str, place: Callable[[Path], None], which: str, server_args: tuple[str, ...] = ()) -> dict:
+    """One fresh server (started with `server_args`) whose models folder `place` fills; runs the `which` graph of the
+    family's workflow."""
     with tempfile.TemporaryDirectory(prefix="razor_comfy_memory_") as tmp:
         base = Path(tmp)
         place(base)
-        server = start_server(base)
+        server = start_server(base, extra_args=server_args)
         try:
             idle = peak_rss_mb(server)
             prompt = (family_prompt(server, family, EDIT_PREFIX) if family in FAMILIES
@@ -129,8 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--family", choices=sorted(CHECKPOINTS) + ["flux_dev"], default="sd15")
     parser.add_argument("--depth", type=int, default=1,
                         help="flux_dev: double-stream blocks (and twice as many single-stream ones)")
+    parser.add_argument("--bf16-unet", action="store_true",
+                        help="ComfyUI holds the UNet in bf16 (its --bf16-unet): SDXL base in float32 does not fit a "
+                             "23 GB machine")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
+    server_args = ("--bf16-unet",) if args.bf16_unet else ()
     with tempfile.TemporaryDirectory(prefix=f"razor_{args.family}_full_") as tmp:
         if args.family == "flux_dev":
             layout = f"Flux-dev layout, {args.depth} double + {2 * args.depth} single blocks"
@@ -142,11 +147,12 @@ def main(argv: list[str] | None = None) -> None:
             write, layout = CHECKPOINTS[args.family]
             model_file = in_child_process(write, Path(tmp) / f"{args.family}_full.safetensors")
             place = checkpoint_placer(args.family, model_file)
-        runs = [measure(args.family, place, which) for which in ("inference", "razor")]
+        runs = [measure(args.family, place, which, server_args) for which in ("inference", "razor")]
         model_bytes = model_file.stat().st_size
     model_gb = model_bytes / 2**30
     inference, razor = runs
     results = {"family": args.family, "checkpoint": f"{layout}, random weights, float16",
+               "server_args": list(server_args),
                "checkpoint_gb": round(model_gb, 3), "runs": runs,
                "razor_peak / inference_peak": round(razor["peak_rss_mb"] / inference["peak_rss_mb"], 3),
                "edit_bytes / checkpoint_bytes": round(razor["edit_bytes"] / model_bytes, 5)}
