@@ -220,21 +220,16 @@ def gradient_groups(units: list[EditUnit], params: Params, budget_gb: float | No
     the module alone exceeds the budget)."""
     if budget_gb is None:
         return [units]
-    groups: list[list[EditUnit]] = []
+    groups: list[list[EditUnit]] = [[]]
     group_params: set[str] = set()
-    size = 0
     for unit in units:
         new = [p for p in dict.fromkeys(unit.params) if p not in group_params]
-        added = sum(2 * 4 * params[p].numel() for p in new)
-        if groups and new and size + added > budget_gb * 2 ** 30:
+        size = sum(2 * 4 * params[p].numel() for p in group_params.union(new))
+        if groups[-1] and new and size > budget_gb * 2 ** 30:
             groups.append([])
-            group_params, size = set(), 0
-            new, added = list(dict.fromkeys(unit.params)), sum(2 * 4 * params[p].numel() for p in unit.params)
-        if not groups:
-            groups.append([])
+            group_params = set()
         groups[-1].append(unit)
-        group_params.update(new)
-        size += added
+        group_params.update(unit.params)
     return groups
 
 
@@ -365,26 +360,22 @@ def run(objective: Objective, config: RazorConfig = RazorConfig(),
         scoring = grads = None  # drop the last gradients (round 0's too) before computing the next: peak memory
         edited = add(theta0, delta)
         in_set = {u.name for u in edit_set}
-        chosen = {}
 
-        def grown(rescored: list[UnitScore]) -> list[EditUnit]:
-            """The edit set and the best units it may add (what the next step needs gradients of)."""
-            closed = closed_phase
+        def growth_choice(rescored: list[UnitScore], closed: bool = closed_phase) -> tuple[bool, list[UnitScore]]:
+            """Whether the next round stays closed-form, and the best units the edit set may add."""
             joinable = [s for s in rescored if s.unit not in in_set and grows_with(edit_set, by_name[s.unit], closed)]
             if not joinable and closed and config.gradient_after_map:  # every key/value unit is in
                 closed = False
                 joinable = [s for s in rescored if s.unit not in in_set]
-            best = sorted(joinable, key=lambda s: s.score, reverse=True)[:config.units_per_round]
-            chosen.update(closed=closed, best=best)
-            return edit_set + [by_name[s.unit] for s in best]
+            return closed, sorted(joinable, key=lambda s: s.score, reverse=True)[:config.units_per_round]
 
-        grads, rescored = scored_gradients(objective, edited, units, config, grown)
+        # the next step needs the gradients of the edit set and of the units it adds
+        grads, rescored = scored_gradients(objective, edited, units, config, lambda found: edit_set + [
+            by_name[s.unit] for s in growth_choice(found)[1]])
         backward += grads.backward_passes
-        if "best" not in chosen:  # scored in one pass: every gradient kept, nothing picked yet
-            grown(rescored)
-        if chosen["closed"] != closed_phase:
+        closed, best = growth_choice(rescored)
+        if closed != closed_phase:
             closed_phase, switched = False, True
-        best = chosen["best"]
         if not best:
             break
         candidates = [edit_set + [by_name[s.unit] for s in best]]
