@@ -205,7 +205,7 @@ SDXL_NOTE = """## SDXL: remove an artist's style (Van Gogh) with RAZOR
 
 Needs an SDXL checkpoint (base 1.0 or a fine-tune such as Juggernaut, RealVis, Pony, Illustrious) and a GPU.
 RAZOR holds float32 gradients of the units it scores on top of what sampling needs, so plan for more VRAM than
-sampling alone (docs/comfyui.md lists measured peaks). The graph is the SD1.5 one:
+sampling alone (docs/benchmarks.md lists measured peaks). The graph is the SD1.5 one:
 
 1. **Load Checkpoint**: your SDXL file (here `sd_xl_base_1.0.safetensors`). Its two text encoders (CLIP-L and
    CLIP-G) encode the prompts; with *blocks = denoiser* (default) only the UNet is edited.
@@ -246,7 +246,7 @@ each single-stream block's heads (a head's rows of the fused q/k/v projection an
 7. **Save Unlearned Model** writes the edit to `output/razor/`: head edits are stored as exact low-rank pairs, so a
    Flux edit is megabytes, not the gigabytes of whole fused matrices. The stock **LoraLoaderModelOnly** re-applies it.
 
-Memory: RAZOR holds float32 gradients of the units it scores on top of what sampling needs (docs/comfyui.md lists
+Memory: RAZOR holds float32 gradients of the units it scores on top of what sampling needs (docs/benchmarks.md lists
 measured peaks and the extrapolation to the full model)."""
 
 FLUX_CHANGES = {
