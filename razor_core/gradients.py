@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .batching import retry_smaller
-from .objective import Objective, Params
+from .objective import Objective, Params, computable
 from .units import EditUnit
 
 
@@ -44,9 +44,11 @@ def ordinary_alias(t: torch.Tensor) -> torch.Tensor:
 
 
 def _leaves(params: Params, keys: Sequence[str]) -> Params:
-    """Ordinary aliases of `params`, differentiable for `keys` only; none of them copies a weight."""
+    """Ordinary aliases of `params`, differentiable for `keys` only; none of them copies a weight except the
+    differentiable ones stored in float8, whose gradients are float32."""
     wanted = set(keys)
-    return {k: ordinary_alias(v).requires_grad_(k in wanted) for k, v in params.items()}
+    return {k: computable(ordinary_alias(v)).requires_grad_(True) if k in wanted else ordinary_alias(v)
+            for k, v in params.items()}
 
 
 def _zeros_float32(t: torch.Tensor) -> torch.Tensor:
@@ -75,7 +77,7 @@ def _mean_gradient_pass(objective: Objective, split: str, params: Params, keys: 
     with torch.enable_grad():
         while True:
             restart()
-            total = {k: _zeros_float32(params[k]) for k in keys}
+            total = {k: _zeros_float32(leaves[k]) for k in keys}
             n = 0
             for batch in objective.batches(split):
                 if not _backward_into(total, loss_of(leaves, batch), differentiable, scale):

@@ -21,6 +21,13 @@ from .units import EditUnit
 Params = dict[str, torch.Tensor]
 
 
+def computable(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a float32 copy where its dtype supports no arithmetic: float8 weights (fp8 checkpoints) are stored and
+    computed with as they are (their layers cast them), and widened only where razor_core computes with them: a
+    gradient leaf, θ + Δ, a check. A float32 θ⁰ of every candidate would be 4x an fp8 model's weights."""
+    return t.float() if t.is_floating_point() and t.element_size() == 1 else t
+
+
 class NonFiniteError(ValueError):
     """NaN or inf where unlearning needs numbers: in the weights, the data, or what the model computes from them."""
 
@@ -29,7 +36,7 @@ def require_finite(tensors: dict[str, torch.Tensor], what: str, fix: str) -> Non
     """Raise NonFiniteError naming the first of `tensors` that holds NaN or inf (a NaN would silently turn every
     score, step and file into NaN)."""
     for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not torch.isfinite(computable(t)).all():
             raise NonFiniteError(f"{what} contain NaN or inf ({name}): {fix}")
 
 

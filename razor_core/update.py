@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from .gradients import Gradients
-from .objective import Objective, Params, Validation
+from .objective import Objective, Params, Validation, computable
 from .units import EditUnit, scatter_unit, unit_values
 
 
@@ -91,7 +91,7 @@ def accumulate(total: Params, step: Params) -> None:
 
 
 def add(params: Params, delta: Params) -> Params:
-    return {k: v + delta[k] if k in delta else v for k, v in params.items()}
+    return {k: computable(v) + delta[k] if k in delta else v for k, v in params.items()}
 
 
 @dataclass(frozen=True)

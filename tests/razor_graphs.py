@@ -102,15 +102,16 @@ def family_files(base: Path, family: str) -> dict[str, Path]:
             "vae": base / "models" / "vae" / f"razor_tiny_{family}_vae.safetensors"}
 
 
-def family_prompt(server: ComfyServer, family: str, edit_prefix: str) -> dict:
-    """The Flux-dev workflow, shrunk for the CPU, loading `family`'s tiny files: CLIP-L through Load CLIP (with the
-    family's type) instead of DualCLIPLoader, and the family's empty-latent node."""
+def family_prompt(server: ComfyServer, family: str, edit_prefix: str, weight_dtype: str = "default") -> dict:
+    """The Flux-dev workflow, shrunk for the CPU, loading `family`'s tiny files (stored as Load Diffusion Model's
+    `weight_dtype` says): CLIP-L through Load CLIP (with the family's type) instead of DualCLIPLoader, and the
+    family's empty-latent node."""
     spec, paths = FAMILIES[family], family_files(server.base_dir, family)
     prompt = cpu_prompt(server, "flux_dev", edit_prefix)
     for node in prompt.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "UNETLoader":
-            inputs["unet_name"] = paths["diffusion_model"].name
+            inputs.update(unet_name=paths["diffusion_model"].name, weight_dtype=weight_dtype)
         elif kind == "VAELoader":
             inputs["vae_name"] = paths["vae"].name
         elif kind == "DualCLIPLoader":

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
+from razor_core.objective import computable
 from razor_core.units import scatter_unit
 from tests.comfy_server import COMFY_DIR, ensure_comfyui_installed
 
@@ -173,18 +174,24 @@ def test_a_head_edit_changes_only_its_slices_of_the_fused_tensors(comfy, family)
 
 
 def test_fp8_weights_get_float32_gradients_through_the_manual_cast(comfy):
-    """An fp8 checkpoint (`weight_dtype` fp8_e4m3fn) computes in a wider dtype; θ⁰ is widened to float32 for the
-    candidates, so gradients and steps are float32 and the fp8 weights stay untouched."""
+    """An fp8 checkpoint (`weight_dtype` fp8_e4m3fn) computes in a wider dtype. θ⁰ is the fp8 weights themselves (a
+    float32 copy of every candidate would be 4x the model); the gradient leaves are float32 (`computable`, as
+    razor_core's gradients make them), so gradients are float32, and the fp8 weights stay untouched."""
     patcher = _model(comfy, "flux", torch.float8_e4m3fn)
     weights = dict(patcher.model.diffusion_model.named_parameters())
     assert {w.dtype for w in weights.values()} == {torch.float8_e4m3fn}
     before = {k: w.clone() for k, w in weights.items()}
     adapter = ComfyDiffusion(patcher, None, sampler=None, blocks="denoiser")
-    theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(adapter.units()).items()}
-    assert {v.dtype for v in theta.values()} == {torch.float32}
+    theta0 = adapter.base_params(adapter.units())
+    assert all(v.dtype == torch.float8_e4m3fn and v.data_ptr() == weights[k.removeprefix("diffusion_model.")].data_ptr()
+               for k, v in theta0.items())
+    theta = {k: computable(v).requires_grad_(True) for k, v in theta0.items()}
     x, t, conditioning = _inputs("flux")
     adapter.predict(theta, x, t, conditioning).square().mean().backward()
     assert all(v.grad.dtype == torch.float32 and v.grad.abs().sum() > 0 for v in theta.values())
+    with torch.no_grad():  # θ⁰ itself serves the forwards that need no gradient: the layers cast it
+        torch.testing.assert_close(adapter.predict(theta0, x, t, conditioning),
+                                   adapter.predict({k: v.detach() for k, v in theta.items()}, x, t, conditioning))
     assert all(torch.equal(weights[k].view(torch.uint8), before[k].view(torch.uint8)) for k in weights)
 
 

@@ -8,7 +8,9 @@ Random weights know no Van Gogh: these tests check mechanics. The default chain 
 family's own units (Flux/Chroma single-stream heads, Lumina's refiner blocks, Wan's cross-attention), the edit changes
 only the slices of the units it names, the edited MODEL draws other latents, the loaded MODEL and CLIP stay
 bit-identical, and the saved edit file through the stock LoraLoaderModelOnly reproduces Apply RAZOR Edit's samples
-exactly (tolerance 0)."""
+exactly (tolerance 0). Wan also runs with Load Diffusion Model's `weight_dtype` fp8_e4m3fn (weights stored in fp8,
+computed in float32: RAZOR's gradients are float32, and both ways of applying the edit round it onto the fp8
+weights alike)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,17 +39,20 @@ def fingerprint_prompt(prompt: dict, label: str) -> dict:
                                                                  "label": label}}}
 
 
-@pytest.fixture(scope="module", params=[f if f == "wan" else pytest.param(f, marks=pytest.mark.full_width)
-                                        for f in FAMILIES])
+FAMILY_RUNS = [pytest.param((family, "default"), id=family, marks=() if family == "wan" else pytest.mark.full_width)
+               for family in FAMILIES] + [pytest.param(("wan", "fp8_e4m3fn"), id="wan-fp8")]
+
+
+@pytest.fixture(scope="module", params=FAMILY_RUNS)
 def family_run(comfy_server: ComfyServer, request):
-    family = request.param
+    family, weight_dtype = request.param
     base, paths = comfy_server.base_dir, family_files(comfy_server.base_dir, family)
     edit_prefix = f"razor/{family}_test_edit"
     edit_file = base / "output" / f"{edit_prefix}_00001_.safetensors"
     lora = base / "models" / "loras" / f"razor_{family}_edit.safetensors"
     try:
         write_family_files(family, paths["diffusion_model"], paths["clip_l"], paths["vae"])
-        prompt = family_prompt(comfy_server, family, edit_prefix)
+        prompt = family_prompt(comfy_server, family, edit_prefix, weight_dtype)
         chains = sampler_chain(prompt)
         fingerprint_before = comfy_server.run(fingerprint_prompt(prompt, "before"))["fp"]["text"][0]
         graph = dict(prompt)

@@ -236,6 +236,43 @@ def test_loss_scaling_backs_off_on_overflow_and_returns_unscaled_gradients():
         assert torch.equal(scaled.retain[k], plain.retain[k])
 
 
+class Float8Objective(ToyObjective):
+    """θ⁰ stored in float8, as an fp8 checkpoint's weights (1.0 is exact in e4m3); the losses cast what they read to
+    float32, as ComfyUI's manual-cast layers do. float8 supports no arithmetic (no addition, norm or isfinite)."""
+
+    def base_params(self):
+        return {k: v.to(torch.float8_e4m3fn) for k, v in self.theta0.items()}
+
+    def forget_loss(self, params, batch):
+        return super().forget_loss({k: v.float() for k, v in params.items()}, batch)
+
+    def retain_loss(self, params, batch):
+        return super().retain_loss({k: v.float() for k, v in params.items()}, batch)
+
+    def mismatch_loss(self, params, batch):
+        return super().mismatch_loss({k: v.float() for k, v in params.items()}, batch)
+
+    def retain_outputs(self, params, batch):
+        return super().retain_outputs({k: v.float() for k, v in params.items()}, batch)
+
+    def validate(self, params):
+        return super().validate({k: v.float() for k, v in params.items()})
+
+
+def test_float8_weights_get_float32_gradients_and_the_same_edit_without_a_float32_copy():
+    """θ⁰ stays float8; razor_core widens only what it computes with (the gradient leaves, θ + Δ of the edit set)."""
+    fp8, plain = Float8Objective(), ToyObjective()
+    theta = fp8.base_params()
+    grads, expected = compute_gradients(fp8, theta), compute_gradients(plain, plain.theta0)
+    assert all(grads.forget[k].dtype == torch.float32 and torch.equal(grads.forget[k], expected.forget[k])
+               and torch.equal(grads.retain[k], expected.retain[k]) for k in theta)
+    config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
+                                units_per_round=1)
+    result, reference = growth.run(fp8, config), growth.run(plain, config)
+    assert [u.name for u in result.units] == [u.name for u in reference.units]
+    assert all(torch.equal(result.delta[k], reference.delta[k]) for k in reference.delta)
+
+
 def test_mismatch_gradient_covers_only_the_units_a_step_moves():
     objective = ToyObjective()
     edited = {k: v + 0.5 for k, v in objective.theta0.items()}

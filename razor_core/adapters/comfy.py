@@ -203,13 +203,16 @@ class ComfyDiffusion(UnitModel):
 
     def base_params(self, units: list[EditUnit]) -> Params:
         """θ⁰ as the forwards use it. ComfyUI's manual-cast layers (its text encoders, always) may compute in a wider
-        dtype than they store: theirs is float32 (converted once), so that their gradients are not rounded to the
-        storage dtype. Other layers compute in their own dtype, gradients included: their weights serve as
-        they are (no float32 copy of a GPU UNet's candidates)."""
+        dtype than they store: their half-precision weights are float32 here (converted once), so that their
+        gradients are not rounded to the storage dtype. Float8 weights (fp8 checkpoints) stay as stored: razor_core
+        widens them only where it computes with them (`objective.computable`: the scored group's gradient leaves,
+        the edit set's steps), since a float32 copy of every candidate would be 4x the model. Other layers compute
+        in their own dtype, gradients included: their weights serve as they are (no float32 copy of a GPU UNet's
+        candidates)."""
         for p in (p for u in units for p in u.params):
             if p not in self._theta0:
                 w = self._weights[p]
-                widen = getattr(self._owners[p], "comfy_cast_weights", False) and w.element_size() < 4
+                widen = getattr(self._owners[p], "comfy_cast_weights", False) and w.element_size() == 2
                 self._theta0[p] = w.float() if widen and w.is_floating_point() else w
         return {p: self._theta0[p] for u in units for p in u.params}
 
