@@ -3,15 +3,17 @@ against its peak while it only draws with the stock nodes.
 
     .venv/bin/python -m benchmarks.comfy_memory --family sd15 --json out/comfy_memory_sd15.json
     .venv/bin/python -m benchmarks.comfy_memory --family sdxl --bf16-unet --json out/comfy_memory_sdxl.json
-    .venv/bin/python -m benchmarks.comfy_memory --family flux_dev --depth 1 --json out/comfy_memory_flux1.json
+    .venv/bin/python -m benchmarks.comfy_memory --family flux_dev --depth 1 --weight-dtype fp8_e4m3fn \
+        --json out/comfy_memory_flux1_fp8.json
 
 The checkpoints have random weights (the values do not matter for memory), written as float16 to a temporary folder
 and deleted afterwards: `sd15` is SD1.5's whole 860 M-parameter UNet with CLIP-L and the VAE (2.0 GB,
 tests/tiny_checkpoints.py), `sdxl` SDXL base's 2.57 B-parameter UNet with CLIP-L, CLIP-G and the VAE (6.9 GB,
 tests/tiny_families.py); `flux_dev` Flux-dev's full-width blocks at a reduced depth (`--depth` double-stream
 blocks and twice as many single-stream ones, as Flux-dev's 19 and 38), loaded in parts with CLIP-L in place of T5
-(tests/tiny_families.py), for the per-block cost. Each measurement starts a fresh ComfyUI server, so each peak (the process's VmHWM) is its
-own:
+(tests/tiny_families.py), for the per-block cost; `--weight-dtype` is Load Diffusion Model's (fp8_e4m3fn: the blocks
+stored in fp8 and computed in float32). Each measurement starts a fresh ComfyUI server, so each peak (the process's
+VmHWM) is its own:
 - inference: the workflow's sampling chain for the original model alone (Load Checkpoint, CLIP Text Encode,
   KSampler, VAE Decode, Preview Image);
 - razor: the whole of workflows/<family>_remove_style.json, shrunk as the CPU tests shrink it (64x64 images, 4
@@ -70,16 +72,17 @@ def inference_graph(prompt: dict) -> dict:
     return {**upstream(prompt, decode), "preview": {"class_type": "PreviewImage", "inputs": {"images": [decode, 0]}}}
 
 
-def measure(family: str, place: Callable[[Path], None], which: str, server_args: tuple[str, ...] = ()) -> dict:
+def measure(family: str, place: Callable[[Path], None], which: str, server_args: tuple[str, ...] = (),
+            weight_dtype: str = "default") -> dict:
     """One fresh server (started with `server_args`) whose models folder `place` fills; runs the `which` graph of the
-    family's workflow."""
+    family's workflow (Load Diffusion Model with `weight_dtype`)."""
     with tempfile.TemporaryDirectory(prefix="razor_comfy_memory_") as tmp:
         base = Path(tmp)
         place(base)
         server = start_server(base, extra_args=server_args)
         try:
             idle = peak_rss_mb(server)
-            prompt = (family_prompt(server, family, EDIT_PREFIX) if family in FAMILIES
+            prompt = (family_prompt(server, family, EDIT_PREFIX, weight_dtype) if family in FAMILIES
                       else cpu_prompt(server, family, EDIT_PREFIX))
             graph = inference_graph(prompt) if which == "inference" else prompt
             start = time.time()
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bf16-unet", action="store_true",
                         help="ComfyUI holds the UNet in bf16 (its --bf16-unet): SDXL base in float32 does not fit a "
                              "23 GB machine")
+    parser.add_argument("--weight-dtype", default="default", choices=("default", "fp8_e4m3fn"),
+                        help="flux_dev: Load Diffusion Model's weight_dtype")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     server_args = ("--bf16-unet",) if args.bf16_unet else ()
@@ -147,12 +152,12 @@ def main(argv: list[str] | None = None) -> None:
             write, layout = CHECKPOINTS[args.family]
             model_file = in_child_process(write, Path(tmp) / f"{args.family}_full.safetensors")
             place = checkpoint_placer(args.family, model_file)
-        runs = [measure(args.family, place, which, server_args) for which in ("inference", "razor")]
+        runs = [measure(args.family, place, which, server_args, args.weight_dtype) for which in ("inference", "razor")]
         model_bytes = model_file.stat().st_size
     model_gb = model_bytes / 2**30
     inference, razor = runs
     results = {"family": args.family, "checkpoint": f"{layout}, random weights, float16",
-               "server_args": list(server_args),
+               "server_args": list(server_args), "weight_dtype": args.weight_dtype,
                "checkpoint_gb": round(model_gb, 3), "runs": runs,
                "razor_peak / inference_peak": round(razor["peak_rss_mb"] / inference["peak_rss_mb"], 3),
                "edit_bytes / checkpoint_bytes": round(razor["edit_bytes"] / model_bytes, 5)}

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..razor_core.adapters.comfy import ComfyDiffusion
 from ..razor_core.forget_set import ForgetSet
-from ..razor_core.growth import Scoring
+from ..razor_core.growth import Scoring, budget_for_weights
 from ..razor_core.objectives.diffusion import DiffusionObjective
 
 CATEGORY = "unlearning/razor"
@@ -111,15 +111,9 @@ def progress_reporter(total: int) -> Callable[[int, int, str], None]:
     return report
 
 
-# Scoring holds float32 forget and retain gradients of the candidates; beyond this share of the MODEL's weight bytes
-# (at least the floor, so small models score in one pass) it scores them in groups that fit, one pass each.
-GRADIENT_BUDGET_SHARE, GRADIENT_BUDGET_FLOOR_GB = 0.25, 0.5
-
-
 def gradient_budget_gb(model: Any) -> float:
-    """How many GB of gradients scoring may hold at once for this MODEL: memory bounded by a share of the model."""
-    weights = sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters())
-    return max(GRADIENT_BUDGET_SHARE * weights / 2 ** 30, GRADIENT_BUDGET_FLOOR_GB)
+    """How many GB of gradients scoring may hold at once for this MODEL (`growth.budget_for_weights`)."""
+    return budget_for_weights(sum(p.numel() * p.element_size() for p in model.model.diffusion_model.parameters()))
 
 
 def adapter_for(model: Any, clip: Any | None, sampler: Callable, granularity: str, blocks: str) -> ComfyDiffusion:

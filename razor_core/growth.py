@@ -26,7 +26,7 @@ import torch
 
 from .gradients import Gradients, compute_gradients, mismatch_gradients
 from .kv_map import KeyValueMap, is_key_value, key_value_weights, natural_scale
-from .objective import Objective, Params, Validation, require_finite
+from .objective import Objective, Params, Validation, is_float8, require_finite
 from .preconditioner import InputMoments, precondition, retain_input_moments
 from .scoring import UnitScore, pareto_front, score_units
 from .update import (START_SCALE, StepSearch, StepWeights, accumulate, add, directions, refine_units,
@@ -214,17 +214,28 @@ def for_round_zero(scoring: Scoring, units: list[EditUnit], max_initial_units: i
                                               retain_sketch=[kept(p) for p in grads.retain_sketch]))
 
 
+# Scoring holds float32 forget and retain gradients of the candidates; beyond this share of the model's weight bytes
+# (at least the floor, so small models score in one pass) it scores them in groups that fit, one pass each.
+GRADIENT_BUDGET_SHARE, GRADIENT_BUDGET_FLOOR_GB = 0.25, 0.5
+
+
+def budget_for_weights(weight_bytes: int) -> float:
+    """The gradient budget (`RazorConfig.gradient_budget_gb`) the nodes give a model of `weight_bytes`: memory
+    bounded by a share of the model."""
+    return max(GRADIENT_BUDGET_SHARE * weight_bytes / 2 ** 30, GRADIENT_BUDGET_FLOOR_GB)
+
+
 def gradient_groups(units: list[EditUnit], params: Params, budget_gb: float | None) -> list[list[EditUnit]]:
-    """`units` in consecutive groups whose parameters' float32 forget and retain gradients fit `budget_gb` (a unit
-    larger than the budget is a group of its own; units sharing a parameter, a module's heads, stay together unless
-    the module alone exceeds the budget)."""
+    """`units` in consecutive groups whose parameters' float32 forget and retain gradients (and the float32 gradient
+    leaves of float8 weights) fit `budget_gb` (a unit larger than the budget is a group of its own; units sharing a
+    parameter, a module's heads, stay together unless the module alone exceeds the budget)."""
     if budget_gb is None:
         return [units]
     groups: list[list[EditUnit]] = [[]]
     group_params: set[str] = set()
     for unit in units:
         new = [p for p in dict.fromkeys(unit.params) if p not in group_params]
-        size = sum(2 * 4 * params[p].numel() for p in group_params.union(new))
+        size = sum((12 if is_float8(params[p]) else 8) * params[p].numel() for p in group_params.union(new))
         if groups[-1] and new and size > budget_gb * 2 ** 30:
             groups.append([])
             group_params = set()

@@ -21,11 +21,16 @@ from .units import EditUnit
 Params = dict[str, torch.Tensor]
 
 
+def is_float8(t: torch.Tensor) -> bool:
+    """Whether `t`'s dtype supports no arithmetic (no addition, norm or isfinite): float8, as fp8 checkpoints store."""
+    return t.is_floating_point() and t.element_size() == 1
+
+
 def computable(t: torch.Tensor) -> torch.Tensor:
-    """`t`, or a float32 copy where its dtype supports no arithmetic: float8 weights (fp8 checkpoints) are stored and
-    computed with as they are (their layers cast them), and widened only where razor_core computes with them: a
-    gradient leaf, θ + Δ, a check. A float32 θ⁰ of every candidate would be 4x an fp8 model's weights."""
-    return t.float() if t.is_floating_point() and t.element_size() == 1 else t
+    """`t`, or a float32 copy where it is float8: float8 weights are stored and computed with as they are (their
+    layers cast them), and widened only where razor_core computes with them: a gradient leaf, θ + Δ, a check. A
+    float32 θ⁰ of every candidate would be 4x an fp8 model's weights."""
+    return t.float() if is_float8(t) else t
 
 
 class NonFiniteError(ValueError):

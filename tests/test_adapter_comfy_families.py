@@ -1,16 +1,20 @@
-"""The ComfyUI adapter on the DiT families whose blocks differ from SD's (Flux, Chroma, Wan, Lumina 2, Qwen-Image),
-built by ComfyUI's own model classes (`comfy.supported_models`) from small configurations with random weights, without a server: the units each family
-offers, gradients through blocks that add their residuals in place, predictions equal to the sampler's own
-conditioning path (guidance included), and head edits that leave every other slice of a fused tensor untouched.
+"""The ComfyUI adapter on the DiT families whose blocks differ from SD's (Flux, Chroma, Wan, Lumina 2, Qwen-Image,
+HiDream), built by ComfyUI's own model classes (`comfy.supported_models`) from small configurations with random
+weights, without a server: the units each family offers, gradients through blocks that add their residuals in place
+(and through HiDream's routed experts), predictions equal to the sampler's own conditioning path (guidance, an LLM
+encoder's mask or hidden states included), blocks that recompute their activations for the same gradients, and head
+edits that leave every other slice of a fused tensor untouched.
 Checkpoints that the stock loaders detect, through a real server, are in test_comfy_checkpoints.py."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from razor_core.adapters import comfy as comfy_adapter
 from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
 from razor_core.objective import computable
 from razor_core.units import scatter_unit
@@ -30,6 +34,12 @@ LUMINA2 = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=32, n_la
                axes_dims=[4, 2, 2], axes_lens=[16, 64, 64])
 QWEN_IMAGE = dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=2,
                   attention_head_dim=8, num_attention_heads=2, joint_attention_dim=CONTEXT_DIM, axes_dims_rope=(2, 2, 4))
+LLAMA_DIM = 40  # HiDream's Llama-3.1 hidden states: one layer per block
+HIDREAM = dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1,
+               attention_head_dim=32, num_attention_heads=2, caption_channels=[CONTEXT_DIM, LLAMA_DIM],
+               text_emb_dim=POOLED_DIM, num_routed_experts=2, num_activated_experts=1, axes_dims_rope=[8, 12, 12],
+               max_resolution=[16, 16], llama_layers=[0, 1])
+SWIGLU = ("w1", "w2", "w3")
 DOUBLE_AND_SINGLE = ([f"double_blocks.0.{s}_attn.head{h}" for s in ("img", "txt") for h in (0, 1)]
                      + [f"double_blocks.0.{s}_mlp.{i}" for s in ("img", "txt") for i in (0, 2)]
                      + ["single_blocks.0.head0", "single_blocks.0.head1", "single_blocks.0.mlp"])
@@ -41,7 +51,7 @@ class Family:
     config: dict
     latent: tuple[int, ...]
     units: list[str]                 # every candidate, without the "diffusion_model." prefix
-    masked: bool = False             # an LLM encoder's attention mask comes with the context
+    extras: tuple[tuple[str, tuple[int, ...]], ...] = ()  # the text encoder's other outputs (name, shape per prompt)
     unread: tuple[str, ...] = ()     # parameters whose output the model never uses (no gradient by construction)
 
 
@@ -54,7 +64,7 @@ FAMILIES = {
     "lumina2": Family("Lumina2", LUMINA2, (2, 16, 8, 8),  # the caption's own refiner blocks read the text first
                       [f"{b}.0.{part}" for b in ("noise_refiner", "context_refiner", "layers")
                        for part in ("attention.head0", "attention.head1", "feed_forward.w1", "feed_forward.w2",
-                                    "feed_forward.w3")], masked=True),
+                                    "feed_forward.w3")], extras=(("attention_mask", (5,)),)),
     "qwen_image": Family("QwenImage", QWEN_IMAGE, (2, 16, 1, 8, 8),  # image and text stream of the joint attention
                          [f"transformer_blocks.{b}.{part}" for b in (0, 1)
                           for part in ("attn.head0", "attn.head1", "attn.txt_head0", "attn.txt_head1",
@@ -63,6 +73,15 @@ FAMILIES = {
                          # the last block's text outputs are discarded: its text queries, output and MLP
                          unread=tuple(f"transformer_blocks.1.{p}" for p in ("attn.add_q_proj", "attn.to_add_out",
                                                                             "txt_mlp"))),
+    "hidream": Family("HiDream", HIDREAM, (2, 16, 8, 8),  # both streams' heads, the text MLP, shared and routed experts
+                      [f"double_stream_blocks.0.block.{part}" for part in
+                       ("attn1.head0", "attn1.head1", "attn1.txt_head0", "attn1.txt_head1")
+                       + tuple(f"{ff}.{w}" for ff in ("ff_i.shared_experts", "ff_i.experts.0", "ff_i.experts.1",
+                                                      "ff_t") for w in SWIGLU)]
+                      + [f"single_stream_blocks.0.block.{part}" for part in
+                         ("attn1.head0", "attn1.head1") + tuple(f"{ff}.{w}" for ff in (
+                             "ff_i.shared_experts", "ff_i.experts.0", "ff_i.experts.1") for w in SWIGLU)],
+                      extras=(("conditioning_llama3", (2, 5, LLAMA_DIM)),)),
 }
 
 
@@ -99,7 +118,8 @@ def _model(comfy, family: str, weight_dtype: torch.dtype = torch.float32):
 def _inputs(family: str) -> tuple[torch.Tensor, torch.Tensor, TextConditioning]:
     torch.manual_seed(1)
     x = torch.randn(FAMILIES[family].latent)
-    extras = {"attention_mask": torch.ones(2, 5)} if FAMILIES[family].masked else {}
+    extras = {name: torch.randn(2, *shape) if name != "attention_mask" else torch.ones(2, *shape)
+              for name, shape in FAMILIES[family].extras}
     return x, torch.tensor([0.3, 0.7]), TextConditioning(torch.randn(2, 5, CONTEXT_DIM), torch.randn(2, POOLED_DIM),
                                                          extras)
 
@@ -156,6 +176,44 @@ def test_grouped_query_heads_take_their_key_value_group(comfy):
     head = units["diffusion_model.layers.0.attention.head1"]
     assert [(s.param.rsplit(".", 2)[-2], s.dim, s.start, s.length) for s in head.slices] == [
         ("qkv", 0, 16, 16), ("qkv", 0, 40, 8), ("qkv", 0, 56, 8), ("out", 1, 16, 16)]
+
+
+def _saved_activation_bytes(adapter: ComfyDiffusion, theta: dict, family: str) -> tuple[int, dict]:
+    """Bytes autograd keeps for the backward pass of one prediction (beyond the weights), and the gradients."""
+    weights = {t.untyped_storage().data_ptr() for t in list(adapter.parameters()) + list(theta.values())}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x, t, conditioning = _inputs(family)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        prediction = adapter.predict(theta, x, t, conditioning)
+    prediction.square().mean().backward()
+    gradients = {k: v.grad for k, v in theta.items()}
+    for v in theta.values():
+        v.grad = None
+    return sum(kept.values()), gradients
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocks_recompute_their_activations_for_the_same_gradients(comfy, family, monkeypatch):
+    """Each block keeps only its inputs and recomputes the rest in the backward pass (Flux-dev at 1024² would keep
+    about 46 GB otherwise), with the gradients of keeping everything."""
+    adapter = ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser")
+    theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(adapter.units()).items()}
+    checkpointed, gradients = _saved_activation_bytes(adapter, theta, family)
+    monkeypatch.setattr(comfy_adapter, "checkpointed_blocks", lambda _: contextlib.nullcontext())
+    kept_all, expected = _saved_activation_bytes(adapter, theta, family)
+    assert checkpointed < kept_all / 2, (checkpointed, kept_all)
+    for name, grad in expected.items():
+        if grad is None:  # a parameter whose output the model never reads
+            assert gradients[name] is None, name
+        else:
+            torch.testing.assert_close(gradients[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("family", ["flux", "chroma"])

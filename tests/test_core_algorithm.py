@@ -269,6 +269,9 @@ def test_float8_weights_get_float32_gradients_and_the_same_edit_without_a_float3
     config = growth.RazorConfig(max_initial_units=1, threshold=1.0, forget_target=0.9, drift_tolerance=10.0,
                                 units_per_round=1)
     result, reference = growth.run(fp8, config), growth.run(plain, config)
+    three_units = 3 * 4 * 8 / 2 ** 30  # the float32 totals of all three 4-element units, in GB
+    assert len(growth.gradient_groups(plain.units(), plain.theta0, three_units)) == 1
+    assert len(growth.gradient_groups(fp8.units(), theta, three_units)) == 2  # and a float32 leaf of each
     assert [u.name for u in result.units] == [u.name for u in reference.units]
     assert all(torch.equal(result.delta[k], reference.delta[k]) for k in reference.delta)
 

@@ -31,6 +31,9 @@ Families (denoiser units; each head edit leaves every other head's slices of a f
   caption refiner, the noise refiner and the main layers, `feed_forward.w1`-`w3`;
 - Qwen-Image: the joint attention's image-stream heads and text-stream heads (`add_q/k/v_proj`, `to_add_out`), both
   streams' MLPs;
+- HiDream: the double-stream attention's image- and text-stream heads (`to_q/k/v/out`, `to_q_t/k_t/v_t/out_t`), the
+  single-stream heads, and every SwiGLU linear (the text stream's, the shared and each routed expert's; the router
+  is not a candidate);
 - the MiniCanvas DiT.
 Text towers: ComfyUI's CLIP encoders (`clip_l`, `clip_g`); T5 and LLM encoders are not candidates (their attention
 has another layout) but still encode. DiT blocks that add residuals in place (Flux, MMDiT's context blocks) are
@@ -38,13 +41,15 @@ differentiated through copies of their LayerNorms' inputs (`norm_inputs_copied`)
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from ..edit import fingerprint
 from ..gradients import ordinary_alias
@@ -60,9 +65,13 @@ MMDIT_STYLE = AttentionSpec("qkv", "qkv", "qkv", "proj", "num_heads", fused_qkv=
 WAN_STYLE = AttentionSpec("q", "k", "v", "o", "num_heads")
 # Qwen-Image's joint attention keeps the text stream's projections beside the image stream's (COMFY_STYLE).
 QWEN_TEXT_STYLE = AttentionSpec("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "heads", label="txt_head")
+# HiDream's double-stream attention, likewise, with the text stream's projections suffixed `_t`.
+HIDREAM_TEXT_STYLE = AttentionSpec("to_q_t", "to_k_t", "to_v_t", "to_out_t", "heads", label="txt_head")
+# SwiGLU feed-forwards name their linears w1, w2, w3 (NextDiT's `feed_forward`, HiDream's `ff_t`, shared and routed
+# experts).
 DENOISER_MLP_LEAVES = ("ff.net.0.proj", "ff.net.2", "ff.0", "ff.2", "mlp.fc1", "mlp.fc2",
                        "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2", "ffn.0", "ffn.2",
-                       "feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "mlp.net.0.proj", "mlp.net.2")
+                       ".w1", ".w2", ".w3", "mlp.net.0.proj", "mlp.net.2")
 TEXT_MLP_LEAVES = ("mlp.fc1", "mlp.fc2")
 
 # prompts, seeds -> latents (B, C, H, W): the node samples with ComfyUI's own sampler
@@ -143,6 +152,51 @@ def norm_inputs_copied(root: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _copied(inputs: Any) -> Any:
+    """`inputs` with every tensor in it cloned: DiT blocks add their residuals into their input in place (`x += ...`),
+    which would change what the recomputation starts from."""
+    return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, inputs)
+
+
+def _checkpointed_forward(block: nn.Module) -> Callable[..., Any]:
+    """`block`'s forward, recomputed in the backward pass instead of keeping its activations while gradients are on
+    (as ComfyUI's own LoRA trainer does). Runs inside `functional_call`, so the recomputation, which comes after that
+    call has put the module's own weights back, puts the same tensors (weights, leaves, θ + Δ) in place again."""
+    original, names = block.forward, [name for name, _ in block.named_parameters()]
+    recomputing = False
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal recomputing
+        if recomputing or not torch.is_grad_enabled():
+            return original(*args, **kwargs)
+        tensors = {name: attrgetter(name)(block) for name in names}  # what functional_call put in place
+
+        def run(args: tuple, kwargs: dict) -> Any:
+            nonlocal recomputing
+            recomputing = True
+            try:
+                with norm_inputs_copied(block):
+                    return functional_call(block, tensors, _copied(args), _copied(kwargs))
+            finally:
+                recomputing = False
+        return checkpoint(run, args, kwargs, use_reentrant=False)
+    return forward
+
+
+@contextmanager
+def checkpointed_blocks(denoiser: nn.Module) -> Iterator[None]:
+    """Every block of the denoiser's block lists (UNet input/output blocks, DiT blocks) keeps only its inputs for the
+    backward pass and recomputes the rest there: the activations a gradient keeps grow with the blocks x tokens
+    (Flux-dev at 1024², one sample: about 0.8 GB a block, 46 GB in all; checkpointed, its blocks' inputs, 1.6 GB),
+    for one more forward pass per backward. Always restored (clones share the modules)."""
+    blocks = [block for child in denoiser.children() if isinstance(child, nn.ModuleList) for block in child]
+    with ExitStack() as restore:
+        for block in blocks:
+            block.forward = _checkpointed_forward(block)
+            restore.callback(delattr, block, "forward")  # the instance attribute goes; the class's forward is back
+        yield
 
 
 class ComfyDiffusion(UnitModel):
@@ -229,6 +283,7 @@ class ComfyDiffusion(UnitModel):
             units += tower_units(self.diffusion_model, MMDIT_STYLE, "diffusion_model.", heads, ())
             units += tower_units(self.diffusion_model, WAN_STYLE, "diffusion_model.", heads, ())
             units += tower_units(self.diffusion_model, QWEN_TEXT_STYLE, "diffusion_model.", heads, ())
+            units += tower_units(self.diffusion_model, HIDREAM_TEXT_STYLE, "diffusion_model.", heads, ())
             units += parallel_block_units(self.diffusion_model, "diffusion_model.", heads)
             units += grouped_query_units(self.diffusion_model, "diffusion_model.", heads)
         if self.blocks in ("text_encoder", "all"):
@@ -314,7 +369,7 @@ class ComfyDiffusion(UnitModel):
         return torch.tensor([float(sampling.percent_to_sigma(1.0 - float(v))) for v in t], device=self.device)
 
     def predict(self, params: Params, x: torch.Tensor, t: torch.Tensor, context: TextConditioning) -> torch.Tensor:
-        with norm_inputs_copied(self.diffusion_model):
+        with norm_inputs_copied(self.diffusion_model), checkpointed_blocks(self.diffusion_model):
             return self._call(params, "predict", x.to(self.device), self.sigmas(t), context)
 
     def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
