@@ -31,6 +31,7 @@ from torch import nn
 from razor_core.growth import budget_for_weights
 from razor_core.minicanvas.store import atomic_write_bytes
 from tests.comfy_server import ensure_comfyui_installed
+from tests.saved_tensors import saved_tensor_bytes
 from tests.tiny_families import FLUX_WIDTH, diffusion_model_shapes
 
 HEADS, MLP_RATIO = 24, 4.0
@@ -64,18 +65,11 @@ class Blocks(nn.Module):
                                                                      **kwargs)])
 
 
-def kept_bytes(run, weights: set[int]) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward while `run()` runs, weights not counted."""
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+def kept_bytes(run, weights: list[torch.Tensor]) -> int:
+    """Bytes autograd keeps for backward while `run()` runs, weights not counted."""
+    with torch.enable_grad(), saved_tensor_bytes(weights) as kept:
         run()
-    return sum(kept.values())
+    return kept[0]
 
 
 def block_activations() -> dict[str, dict[str, float]]:
@@ -88,7 +82,7 @@ def block_activations() -> dict[str, dict[str, float]]:
         for p in blocks.parameters():
             p.copy_(torch.randn(p.shape) * 0.02)
     blocks.requires_grad_(True)
-    weights = {p.untyped_storage().data_ptr() for p in blocks.parameters()}
+    weights = list(blocks.parameters())
     positions = layers.EmbedND(dim=FLUX_WIDTH // HEADS, theta=10000, axes_dim=[16, 56, 56])
     measured: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for image, text in MEASURED_TOKENS:

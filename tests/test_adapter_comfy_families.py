@@ -19,6 +19,7 @@ from razor_core.adapters.comfy import ComfyDiffusion, TextConditioning
 from razor_core.objective import computable
 from razor_core.units import scatter_unit
 from tests.comfy_server import COMFY_DIR, ensure_comfyui_installed
+from tests.saved_tensors import saved_tensor_bytes
 
 CONTEXT_DIM, POOLED_DIM = 24, 32
 FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOLED_DIM, context_in_dim=CONTEXT_DIM,
@@ -180,29 +181,20 @@ def test_grouped_query_heads_take_their_key_value_group(comfy):
 
 def _saved_activation_bytes(adapter: ComfyDiffusion, theta: dict, family: str) -> tuple[int, dict]:
     """Bytes autograd keeps for the backward pass of one prediction (beyond the weights), and the gradients."""
-    weights = {t.untyped_storage().data_ptr() for t in list(adapter.parameters()) + list(theta.values())}
-    kept: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return t
-
     x, t, conditioning = _inputs(family)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensor_bytes(list(adapter.parameters()) + list(theta.values())) as kept:
         prediction = adapter.predict(theta, x, t, conditioning)
     prediction.square().mean().backward()
     gradients = {k: v.grad for k, v in theta.items()}
     for v in theta.values():
         v.grad = None
-    return sum(kept.values()), gradients
+    return kept[0], gradients
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_blocks_recompute_their_activations_for_the_same_gradients(comfy, family, monkeypatch):
     """Each block keeps only its inputs and recomputes the rest in the backward pass (Flux-dev at 1024² would keep
-    about 46 GB otherwise), with the gradients of keeping everything."""
+    about 44 GB otherwise), with the gradients of keeping everything."""
     adapter = ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser")
     theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(adapter.units()).items()}
     checkpointed, gradients = _saved_activation_bytes(adapter, theta, family)

@@ -154,10 +154,12 @@ def norm_inputs_copied(root: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def _copied(inputs: Any) -> Any:
-    """`inputs` with every tensor in it cloned: DiT blocks add their residuals into their input in place (`x += ...`),
-    which would change what the recomputation starts from."""
-    return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, inputs)
+def _copied(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A block's inputs with every tensor among them cloned: DiT blocks add their residuals into their input in place
+    (`x += ...`), which would change what the recomputation starts from."""
+    def copy(value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) else value
+    return tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()}
 
 
 def _checkpointed_forward(block: nn.Module) -> Callable[..., Any]:
@@ -178,7 +180,7 @@ def _checkpointed_forward(block: nn.Module) -> Callable[..., Any]:
             recomputing = True
             try:
                 with norm_inputs_copied(block):
-                    return functional_call(block, tensors, _copied(args), _copied(kwargs))
+                    return functional_call(block, tensors, *_copied(args, kwargs))
             finally:
                 recomputing = False
         return checkpoint(run, args, kwargs, use_reentrant=False)
@@ -189,8 +191,9 @@ def _checkpointed_forward(block: nn.Module) -> Callable[..., Any]:
 def checkpointed_blocks(denoiser: nn.Module) -> Iterator[None]:
     """Every block of the denoiser's block lists (UNet input/output blocks, DiT blocks) keeps only its inputs for the
     backward pass and recomputes the rest there: the activations a gradient keeps grow with the blocks x tokens
-    (Flux-dev at 1024², one sample: about 0.8 GB a block, 46 GB in all; checkpointed, its blocks' inputs, 1.6 GB),
-    for one more forward pass per backward. Always restored (clones share the modules)."""
+    (Flux-dev at 1024², one sample in bf16: about 0.8 GB a block, 44 GB in all; checkpointed, 2.3 GB;
+    benchmarks/flux_memory.py), for one more forward pass per backward. Always restored (clones share the
+    modules)."""
     blocks = [block for child in denoiser.children() if isinstance(child, nn.ModuleList) for block in child]
     with ExitStack() as restore:
         for block in blocks:
