@@ -49,7 +49,12 @@ def comfy_flux_layers():
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.use_pytorch_cross_attention = True
     import comfy.ldm.flux.layers
+    import comfy.ldm.modules.attention
     import comfy.ops
+    chosen = comfy.ldm.modules.attention.optimized_attention
+    if chosen is not comfy.ldm.modules.attention.attention_pytorch:  # chosen once, when ComfyUI is first imported
+        raise RuntimeError(f"ComfyUI's attention is {chosen.__name__}, not attention_pytorch: import this module's "
+                           "ComfyUI layers before anything else imports ComfyUI")
     return comfy.ldm.flux.layers, comfy.ops.disable_weight_init
 
 
@@ -145,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
+    fits = block_activations()  # first: it sets ComfyUI's attention before ComfyUI is imported
     counts = parameter_counts()
-    fits = block_activations()
     results = {"parameters": counts, "blocks": fits, "tokens_at_1024": IMAGE_TOKENS + TEXT_TOKENS,
                "estimates": {name: estimate(counts, fits, size) for name, size in (("fp8", 1), ("bf16", 2))}}
     atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())

@@ -194,7 +194,7 @@ def _saved_activation_bytes(adapter: ComfyDiffusion, theta: dict, family: str) -
 @pytest.mark.parametrize("family", FAMILIES)
 def test_blocks_recompute_their_activations_for_the_same_gradients(comfy, family, monkeypatch):
     """Each block keeps only its inputs and recomputes the rest in the backward pass (Flux-dev at 1024² would keep
-    about 44 GB otherwise), with the gradients of keeping everything."""
+    about 40 GB otherwise), with the gradients of keeping everything."""
     adapter = ComfyDiffusion(_model(comfy, family), None, sampler=None, blocks="denoiser")
     theta = {k: v.detach().requires_grad_(True) for k, v in adapter.base_params(adapter.units()).items()}
     checkpointed, gradients = _saved_activation_bytes(adapter, theta, family)

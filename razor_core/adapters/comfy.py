@@ -191,7 +191,7 @@ def _checkpointed_forward(block: nn.Module) -> Callable[..., Any]:
 def checkpointed_blocks(denoiser: nn.Module) -> Iterator[None]:
     """Every block of the denoiser's block lists (UNet input/output blocks, DiT blocks) keeps only its inputs for the
     backward pass and recomputes the rest there: the activations a gradient keeps grow with the blocks x tokens
-    (Flux-dev at 1024², one sample in bf16: about 0.8 GB a block, 44 GB in all; checkpointed, 2.3 GB;
+    (Flux-dev at 1024², one sample in bf16: about 0.7 GB a block, 40 GB in all; checkpointed, 2.2 GB;
     benchmarks/flux_memory.py), for one more forward pass per backward. Always restored (clones share the
     modules)."""
     blocks = [block for child in denoiser.children() if isinstance(child, nn.ModuleList) for block in child]
