@@ -236,6 +236,10 @@ def test_loss_scaling_backs_off_on_overflow_and_returns_unscaled_gradients():
         assert torch.equal(scaled.retain[k], plain.retain[k])
 
 
+def _as_float32(params):
+    return {k: v.float() for k, v in params.items()}
+
+
 class Float8Objective(ToyObjective):
     """θ⁰ stored in float8, as an fp8 checkpoint's weights (1.0 is exact in e4m3); the losses cast what they read to
     float32, as ComfyUI's manual-cast layers do. float8 supports no arithmetic (no addition, norm or isfinite)."""
@@ -244,19 +248,19 @@ class Float8Objective(ToyObjective):
         return {k: v.to(torch.float8_e4m3fn) for k, v in self.theta0.items()}
 
     def forget_loss(self, params, batch):
-        return super().forget_loss({k: v.float() for k, v in params.items()}, batch)
+        return super().forget_loss(_as_float32(params), batch)
 
     def retain_loss(self, params, batch):
-        return super().retain_loss({k: v.float() for k, v in params.items()}, batch)
+        return super().retain_loss(_as_float32(params), batch)
 
     def mismatch_loss(self, params, batch):
-        return super().mismatch_loss({k: v.float() for k, v in params.items()}, batch)
+        return super().mismatch_loss(_as_float32(params), batch)
 
     def retain_outputs(self, params, batch):
-        return super().retain_outputs({k: v.float() for k, v in params.items()}, batch)
+        return super().retain_outputs(_as_float32(params), batch)
 
     def validate(self, params):
-        return super().validate({k: v.float() for k, v in params.items()})
+        return super().validate(_as_float32(params))
 
 
 def test_float8_weights_get_float32_gradients_and_the_same_edit_without_a_float32_copy():
